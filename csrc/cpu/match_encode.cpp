@@ -1,0 +1,136 @@
+// match_encode on CPU: SSD prior matching + box encoding for a batch, parallel over images.
+// Per image: one pass over (prior, real ground truth) pairs finds both each prior's best ground
+// truth and each ground truth's best prior (scanning priors in increasing order and updating
+// only on a strictly larger IoU keeps the lowest index on ties), then the forced matches and the
+// encoding. Rule and tie-breaks: mdssd/reference.py (match_encode).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "box_math.h"
+#include "checks.h"
+#include "cpu/cpu_utils.h"
+
+namespace mdssd {
+namespace {
+
+void check_values(const at::Tensor& priors, const at::Tensor& gt_boxes, const at::Tensor& gt_labels,
+                  const at::Tensor& gt_counts) {
+  const char* op = "match_encode";
+  check_all_finite(op, "priors", priors);
+  const int64_t num_gt = gt_boxes.size(1);
+  if (priors.numel() > 0) {
+    TORCH_CHECK((priors.narrow(1, 2, 2) > 0).all().item<bool>(), op,
+                ": priors must have positive width and height");
+  }
+  const int64_t* counts = gt_counts.data_ptr<int64_t>();
+  for (int64_t b = 0; b < gt_counts.size(0); ++b) {
+    TORCH_CHECK(counts[b] >= 0 && counts[b] <= num_gt, op, ": gt_counts[", b, "] = ", counts[b],
+                " is outside [0, G = ", num_gt, "]");
+    if (counts[b] == 0) continue;
+    TORCH_CHECK(at::isfinite(gt_boxes[b].narrow(0, 0, counts[b])).all().item<bool>(), op,
+                ": gt_boxes of image ", b, " contain NaN or infinite values");
+    const auto labels = gt_labels[b].narrow(0, 0, counts[b]);
+    TORCH_CHECK((labels >= 1).all().item<bool>(), op, ": gt_labels of image ", b,
+                " contain a label < 1 (0 is background; real ground truths need labels >= 1)");
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> match_encode_cpu(const at::Tensor& priors_in,
+                                                    const at::Tensor& gt_boxes_in,
+                                                    const at::Tensor& gt_labels_in,
+                                                    const at::Tensor& gt_counts_in,
+                                                    double iou_threshold, double variance_xy,
+                                                    double variance_wh) {
+  check_match_encode_args(priors_in, gt_boxes_in, gt_labels_in, gt_counts_in, iou_threshold,
+                          variance_xy, variance_wh);
+  const auto priors = priors_in.contiguous();
+  const auto gt_boxes = gt_boxes_in.contiguous();
+  const auto gt_labels = gt_labels_in.contiguous();
+  const auto gt_counts = gt_counts_in.contiguous();
+  check_values(priors, gt_boxes, gt_labels, gt_counts);
+
+  const int64_t batch = gt_boxes.size(0), num_gt = gt_boxes.size(1), num_priors = priors.size(0);
+  auto loc = at::zeros({batch, num_priors, 4}, priors.options());
+  auto labels = at::zeros({batch, num_priors}, gt_labels.options());
+  if (loc.numel() == 0) return {loc, labels};
+
+  AT_DISPATCH_FLOATING_TYPES(priors.scalar_type(), "match_encode_cpu", [&] {
+    const scalar_t threshold = static_cast<scalar_t>(iou_threshold);
+    const scalar_t vxy = static_cast<scalar_t>(variance_xy);
+    const scalar_t vwh = static_cast<scalar_t>(variance_wh);
+    const scalar_t* pr = priors.data_ptr<scalar_t>();
+    // Priors in xyxy form with their areas, shared by every image.
+    std::vector<scalar_t> pbox(4 * num_priors), parea(num_priors);
+    for (int64_t p = 0; p < num_priors; ++p) {
+      scalar_t* q = pbox.data() + 4 * p;
+      prior_to_xyxy(pr + 4 * p, q);
+      parea[p] = box_area(q[0], q[1], q[2], q[3]);
+    }
+    const scalar_t* gtb = gt_boxes.data_ptr<scalar_t>();
+    const int64_t* gtl = gt_labels.data_ptr<int64_t>();
+    const int64_t* counts = gt_counts.data_ptr<int64_t>();
+    scalar_t* out_loc = loc.data_ptr<scalar_t>();
+    int64_t* out_labels = labels.data_ptr<int64_t>();
+
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> best_gt_iou(num_priors), gt_area(num_gt), best_prior_iou(num_gt);
+      std::vector<int64_t> best_gt(num_priors), best_prior(num_gt);
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t n = counts[b];
+        if (n == 0) continue;
+        const scalar_t* gt = gtb + 4 * b * num_gt;
+        for (int64_t g = 0; g < n; ++g) {
+          const scalar_t* q = gt + 4 * g;
+          gt_area[g] = box_area(q[0], q[1], q[2], q[3]);
+          best_prior_iou[g] = 0;  // only a positive IoU may force a match
+          best_prior[g] = -1;
+        }
+        for (int64_t p = 0; p < num_priors; ++p) {
+          const scalar_t* q = pbox.data() + 4 * p;
+          scalar_t best = -1;
+          int64_t arg = 0;
+          for (int64_t g = 0; g < n; ++g) {
+            const scalar_t iou = box_iou(gt + 4 * g, gt_area[g], q, parea[p]);
+            if (iou > best) {
+              best = iou;
+              arg = g;
+            }
+            if (iou > best_prior_iou[g]) {
+              best_prior_iou[g] = iou;
+              best_prior[g] = p;
+            }
+          }
+          best_gt_iou[p] = best;
+          best_gt[p] = arg;
+        }
+        // Forced matches in increasing gt order: a later (higher) gt overwrites an earlier one.
+        std::vector<char> forced(num_priors, 0);
+        for (int64_t g = 0; g < n; ++g) {
+          if (best_prior[g] < 0) continue;
+          best_gt[best_prior[g]] = g;
+          forced[best_prior[g]] = 1;
+        }
+        scalar_t* lb = out_loc + 4 * b * num_priors;
+        int64_t* lab = out_labels + b * num_priors;
+        for (int64_t p = 0; p < num_priors; ++p) {
+          if (!forced[p] && !(best_gt_iou[p] >= threshold)) continue;
+          const int64_t g = best_gt[p];
+          lab[p] = gtl[b * num_gt + g];
+          encode_box(gt + 4 * g, pr + 4 * p, vxy, vwh, lb + 4 * p);
+        }
+      }
+    });
+  });
+  return {loc, labels};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mdssd, CPU, m) {
+  m.impl("match_encode", &match_encode_cpu);
+}
+
+}  // namespace mdssd
