@@ -88,13 +88,22 @@ MDSSD_HD T clamp01(T x) {
   return x < T(0) ? T(0) : (x > T(1) ? T(1) : x);
 }
 
+// exp evaluated in float64 and rounded to T. exp is the one operation whose float32 result
+// differs between libraries (glibc, SLEEF in torch, CUDA's expf) in the last bit; through float64
+// every backend gets the correctly rounded value (but in astronomically rare cases), so scores
+// and boxes, and with them every tie-break and threshold decision, agree bit for bit.
+template <typename T>
+MDSSD_HD T exp_rounded(T x) {
+  return static_cast<T>(::exp(static_cast<double>(x)));
+}
+
 // Inverse of encode_box, clipped to [0, 1] (see mdssd/reference.py: decode).
 template <typename T>
 MDSSD_HD void decode_box(const T* loc, const T* prior, T variance_xy, T variance_wh, T* box) {
   const T cx = prior[0] + mul_rn(mul_rn(loc[0], variance_xy), prior[2]);
   const T cy = prior[1] + mul_rn(mul_rn(loc[1], variance_xy), prior[3]);
-  const T hw = mul_rn(mul_rn(prior[2], std::exp(mul_rn(loc[2], variance_wh))), T(0.5));
-  const T hh = mul_rn(mul_rn(prior[3], std::exp(mul_rn(loc[3], variance_wh))), T(0.5));
+  const T hw = mul_rn(mul_rn(prior[2], exp_rounded(mul_rn(loc[2], variance_wh))), T(0.5));
+  const T hh = mul_rn(mul_rn(prior[3], exp_rounded(mul_rn(loc[3], variance_wh))), T(0.5));
   box[0] = clamp01(cx - hw);
   box[1] = clamp01(cy - hh);
   box[2] = clamp01(cx + hw);

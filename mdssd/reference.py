@@ -24,6 +24,7 @@ __all__ = [
     "point_form",
     "encode",
     "decode",
+    "softmax",
     "match_encode",
     "l2norm_sum",
     "nms",
@@ -73,6 +74,21 @@ def encode(matched: Tensor, priors: Tensor, variance_xy: float, variance_wh: flo
     return torch.cat([d_center, d_size], dim=-1)
 
 
+def _exp_rounded(x: Tensor) -> Tensor:
+    """``exp`` evaluated in float64 and rounded to ``x``'s dtype.
+
+    float32 ``exp`` differs between libraries in the last bit; the correctly rounded value is the
+    same everywhere, so the kernels and this reference agree bit for bit on scores and boxes.
+    """
+    return torch.exp(x.double()).to(x.dtype)
+
+
+def softmax(logits: Tensor) -> Tensor:
+    """Softmax over the last dim, computed in float64 and rounded to the logits' dtype (see
+    :func:`_exp_rounded` for why)."""
+    return torch.softmax(logits.double(), dim=-1).to(logits.dtype)
+
+
 def decode(loc: Tensor, priors: Tensor, variance_xy: float, variance_wh: float) -> Tensor:
     """Inverse of :func:`encode`, returning xyxy boxes clipped to ``[0, 1]``.
 
@@ -80,7 +96,7 @@ def decode(loc: Tensor, priors: Tensor, variance_xy: float, variance_wh: float) 
     ``box = (c - size * 0.5, c + size * 0.5)``.
     """
     center = priors[..., :2] + loc[..., :2] * variance_xy * priors[..., 2:]
-    size = priors[..., 2:] * torch.exp(loc[..., 2:] * variance_wh)
+    size = priors[..., 2:] * _exp_rounded(loc[..., 2:] * variance_wh)
     half = size * 0.5
     return torch.cat([center - half, center + half], dim=-1).clamp(0, 1)
 
@@ -197,7 +213,8 @@ def ssd_postprocess(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """SSD detection output with fixed shapes.
 
-    ``loc [B,P,4]``, ``conf [B,P,K]`` (logits), ``priors [P,4]``. Per image: softmax over K,
+    ``loc [B,P,4]``, ``conf [B,P,K]`` (logits), ``priors [P,4]``. Per image: softmax over K
+    (in float64, rounded),
     decode and clip to ``[0, 1]``; for each class ``1..K-1`` keep scores ``> score_threshold``,
     the best ``top_k_per_class`` of them (ties: lower prior index), NMS at ``iou_threshold``
     on the clipped boxes; then the best ``keep_top_k`` over all classes (ties: lower class, then
@@ -206,7 +223,7 @@ def ssd_postprocess(
     and label -1.
     """
     batch, num_priors, num_classes = conf.shape
-    scores_all = torch.softmax(conf, dim=-1)
+    scores_all = softmax(conf)
     boxes_all = decode(loc, priors, variance_xy, variance_wh)
     out_boxes = loc.new_zeros(batch, keep_top_k, 4)
     out_scores = conf.new_zeros(batch, keep_top_k)

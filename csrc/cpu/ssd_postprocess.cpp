@@ -66,19 +66,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ssd_postprocess_cpu(
     std::vector<T> scores(batch * num_classes * num_priors), boxes(batch * num_priors * 4);
     std::vector<T> areas(batch * num_priors);
     at::parallel_for(0, batch * num_priors, 1024, [&](int64_t begin, int64_t end) {
+      std::vector<double> e(num_classes);
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / num_priors, p = row % num_priors;
+        // Softmax in float64, rounded to T: the correctly rounded probability, identical on
+        // every backend (see exp_rounded in box_math.h).
         const T* logits = pc + row * num_classes;
-        T max_logit = logits[0];
-        for (int64_t k = 1; k < num_classes; ++k) max_logit = std::max(max_logit, logits[k]);
-        T sum = 0;
-        T* s = scores.data() + b * num_classes * num_priors + p;
+        double max_logit = logits[0];
+        for (int64_t k = 1; k < num_classes; ++k) max_logit = std::max<double>(max_logit, logits[k]);
+        double sum = 0;
         for (int64_t k = 0; k < num_classes; ++k) {
-          const T e = std::exp(logits[k] - max_logit);
-          s[k * num_priors] = e;
-          sum += e;
+          e[k] = std::exp(double(logits[k]) - max_logit);
+          sum += e[k];
         }
-        for (int64_t k = 0; k < num_classes; ++k) s[k * num_priors] /= sum;
+        T* s = scores.data() + b * num_classes * num_priors + p;
+        for (int64_t k = 0; k < num_classes; ++k) s[k * num_priors] = static_cast<T>(e[k] / sum);
         T* box = boxes.data() + 4 * row;
         decode_box(pl + 4 * row, pp + 4 * p, vxy, vwh, box);
         areas[row] = box_area(box[0], box[1], box[2], box[3]);
