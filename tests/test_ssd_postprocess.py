@@ -41,6 +41,13 @@ def test_mdssd300_size(gen):
     assert_same(out, reference.ssd_postprocess(loc, conf, priors, **DEFAULTS))
 
 
+def test_mdssd512_size(gen):
+    # The largest prior count we claim (MDSSD512: 90,100 priors).
+    loc, conf, priors = make_inputs(1, 90_100, 21, gen, peaky=3.0)
+    out = ops.ssd_postprocess(loc, conf, priors, **DEFAULTS)
+    assert_same(out, reference.ssd_postprocess(loc, conf, priors, **DEFAULTS))
+
+
 def test_output_layout_and_padding(gen):
     loc, conf, priors = make_inputs(2, 40, 3, gen)
     conf[1] = -20.0
