@@ -1,0 +1,133 @@
+"""Sources -> the ``(image, target)`` items and batches of docs/CONTRACTS.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .base import DetectionSource
+from .transforms import Resize, SSDAugment
+
+__all__ = ["DetectionDataset", "collate", "build_source", "build_dataset", "DATASETS"]
+
+DATASETS = ("synthetic", "voc", "coco", "tt100k")
+
+
+class DetectionDataset(Dataset):
+    """A source with a transform; item ``i`` of epoch ``e`` is a function of ``(seed, e, i)``.
+
+    The augmentation's random generator is seeded from ``(seed, epoch, index)`` rather than from
+    the worker's state, so an item does not depend on the number of workers or on which worker
+    loads it, and resuming at a step reproduces the same batches. Call :meth:`set_epoch` before
+    each epoch (as with ``DistributedSampler``); with ``persistent_workers=True`` the workers keep
+    the epoch they were started with, so use non-persistent workers to see the change.
+
+    Args:
+        source: a :class:`~mdssd.data.base.DetectionSource`.
+        transform: :class:`~mdssd.data.transforms.SSDAugment` (training) or
+            :class:`~mdssd.data.transforms.Resize` (evaluation), or any callable
+            ``(image, boxes, labels, rng) -> (tensor, boxes01, labels)``.
+        keep_difficult: train on VOC ``difficult`` objects too (crowd regions never are targets).
+    """
+
+    def __init__(self, source: DetectionSource, transform: Callable, seed: int = 0, keep_difficult: bool = False):
+        self.source = source
+        self.transform = transform
+        self.seed = int(seed)
+        self.epoch = 0
+        self.keep_difficult = keep_difficult
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.source.class_names)
+
+    @property
+    def num_classes(self) -> int:
+        """Including background (label 0)."""
+        return len(self.source.class_names) + 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int):
+        return self.get(index, np.random.default_rng([self.seed, self.epoch, int(index)]))
+
+    def get(self, index: int, rng: np.random.Generator):
+        """Item ``index`` with augmentation randomness from ``rng`` (for callers that seed items
+        themselves, e.g. training's ``(seed, stream, epoch, index)`` scheme)."""
+        annotation = self.source.annotation(index)
+        boxes, labels = annotation.trainable(self.keep_difficult)
+        image, boxes, labels = self.transform(self.source.image(index), boxes, labels, rng)
+        return image, {"boxes": boxes, "labels": labels, "image_id": int(annotation.image_id)}
+
+
+def collate(items: Sequence[tuple[torch.Tensor, dict]]) -> dict[str, torch.Tensor]:
+    """Pad a batch: ``images [B,3,S,S]``, ``gt_boxes [B,G,4]``, ``gt_labels [B,G]`` (0 = padding),
+    ``gt_counts [B]``, ``image_ids [B]``; ``G`` is the largest box count, at least 1."""
+    images = torch.stack([image for image, _ in items])
+    counts = torch.tensor([len(target["labels"]) for _, target in items], dtype=torch.int64)
+    g = max(1, int(counts.max())) if len(items) else 1
+    gt_boxes = torch.zeros(len(items), g, 4, dtype=torch.float32)
+    gt_labels = torch.zeros(len(items), g, dtype=torch.int64)
+    for b, (_, target) in enumerate(items):
+        n = len(target["labels"])
+        gt_boxes[b, :n] = target["boxes"]
+        gt_labels[b, :n] = target["labels"]
+    image_ids = torch.tensor([int(target["image_id"]) for _, target in items], dtype=torch.int64)
+    return {"images": images, "gt_boxes": gt_boxes, "gt_labels": gt_labels, "gt_counts": counts,
+            "image_ids": image_ids}
+
+
+def build_source(name: str, root: str | Path | None = None, split: str = "train", **options) -> DetectionSource:
+    """A data source by name.
+
+    ``split`` is ``"train"`` or ``"val"`` and maps to each data set's usual pair (VOC:
+    ``trainval``/``test``; COCO: ``train2017``/``val2017``; TT100K: ``train``/``test``); any
+    other value is passed through as that data set's own split name. ``options`` go to the
+    reader (e.g. ``num_images``, ``seed``, ``min_size`` for the synthetic set; ``class_names`` for
+    TT100K; ``image_set`` for VOC).
+
+    Expected layouts under ``root``: VOC ``VOC2007/{Annotations,JPEGImages,ImageSets}`` (root is
+    the ``VOC2007`` folder); COCO ``annotations/instances_<split>.json`` and ``<split>/`` images;
+    TT100K ``annotations.json`` and ``train/``, ``test/`` images.
+    """
+    if name == "synthetic":
+        from .synthetic import SyntheticSigns
+
+        return SyntheticSigns(split=split, **options)
+    if root is None:
+        raise ValueError(f"data set {name!r} needs a root folder (--data-root)")
+    root = Path(root)
+    if name == "voc":
+        from .voc import VOCDetection
+
+        image_set = options.pop("image_set", {"train": "trainval", "val": "test"}.get(split, split))
+        return VOCDetection(root, image_set=image_set, **options)
+    if name == "coco":
+        from .coco import COCODetection
+
+        split = {"train": "train2017", "val": "val2017"}.get(split, split)
+        return COCODetection(root / "annotations" / f"instances_{split}.json", root / split, **options)
+    if name == "tt100k":
+        from .tt100k import TT100KDetection
+
+        return TT100KDetection(root, split={"train": "train", "val": "test"}.get(split, split), **options)
+    raise ValueError(f"unknown data set {name!r}; choose from {DATASETS}")
+
+
+def build_dataset(name: str, root: str | Path | None = None, split: str = "train", image_size: int = 300,
+                  train: bool | None = None, seed: int = 0, keep_difficult: bool = False,
+                  augment: dict | None = None, **options) -> DetectionDataset:
+    """Source + transform in one call: SSD augmentation when ``train`` (default: ``split ==
+    "train"``), plain resize otherwise. ``augment`` overrides :class:`SSDAugment` fields."""
+    source = build_source(name, root, split, **options)
+    train = split == "train" if train is None else train
+    transform = SSDAugment(size=image_size, **(augment or {})) if train else Resize(size=image_size)
+    return DetectionDataset(source, transform, seed=seed, keep_difficult=keep_difficult)

@@ -1,0 +1,130 @@
+"""``python -m mdssd.eval --weights CKPT --data {synthetic,voc,coco,tt100k} [--data-root PATH]``.
+
+Runs a trained model over a data set's evaluation split and prints the per-class table with
+VOC07 mAP (11-point and area, ``difficult`` ignored) and, when pycocotools is installed, the COCO
+box metrics (AP, AP50, AP75, AP small/medium/large, AR). :func:`evaluate` is the library entry
+point (training calls it on its val source).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .metrics import COCOResult, Detections, VOCResult, coco_eval, format_table, voc_eval
+
+__all__ = ["EvalReport", "evaluate", "score", "main"]
+
+
+@dataclass
+class EvalReport:
+    voc: VOCResult
+    coco: COCOResult | None
+    table: str
+
+    def as_dict(self) -> dict:
+        def clean(v: float):
+            return None if math.isnan(v) else float(v)
+
+        out = {"voc07_map_11": clean(self.voc.map_11), "voc07_map_area": clean(self.voc.map_area),
+               "per_class": {name: {"ap_11": clean(a), "ap_area": clean(b), "num_gt": int(n)}
+                             for name, a, b, n in zip(self.voc.class_names, self.voc.ap_11, self.voc.ap_area,
+                                                      self.voc.num_gt)}}
+        if self.coco is not None:
+            out["coco"] = {k: clean(v) for k, v in self.coco.stats.items()}
+        return out
+
+
+def _coco_available() -> bool:
+    try:
+        import pycocotools  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def score(source, detections: Sequence[Detections], coco: bool | None = None, iou_threshold: float = 0.5) -> EvalReport:
+    """Metrics of ``detections`` (one per image of ``source``, pixel coordinates).
+
+    ``coco``: compute COCO metrics (default: when pycocotools is importable). A COCO source's own
+    instances file and category ids are used for them, so crowd regions and areas are as released.
+    """
+    annotations = [source.annotation(i) for i in range(len(source))]
+    names = tuple(source.class_names)
+    voc = voc_eval(annotations, detections, names, iou_threshold)
+    coco_result = None
+    if coco if coco is not None else _coco_available():
+        gt_file = getattr(source, "annotation_file", None)
+        category_ids = getattr(source, "category_ids", None)
+        # Our own reader already mapped category ids to labels; the released file is the reference.
+        coco_result = coco_eval(annotations, detections, names, ground_truth=gt_file, category_ids=category_ids)
+    return EvalReport(voc, coco_result, format_table(names, voc, coco_result))
+
+
+def evaluate(model, source, batch_size: int = 8, num_workers: int = 0, coco: bool | None = None,
+             iou_threshold: float = 0.5) -> EvalReport:
+    """Run ``model`` (the docs/CONTRACTS.md API) on every image of ``source`` and score it."""
+    from .inference import predict
+
+    expected = len(source.class_names) + 1
+    if model.config.num_classes != expected:
+        raise ValueError(f"model has {model.config.num_classes} classes (with background), the data set "
+                         f"{expected}")
+    detections = predict(model, source, batch_size=batch_size, num_workers=num_workers)
+    return score(source, detections, coco, iou_threshold)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mdssd.eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", required=True, help="checkpoint (.pt) written by mdssd")
+    parser.add_argument("--data", default="synthetic", choices=("synthetic", "voc", "coco", "tt100k"))
+    parser.add_argument("--data-root", default=None, help="data set folder (not needed for synthetic)")
+    parser.add_argument("--split", default="val", help="val (default) or the data set's own split name")
+    parser.add_argument("--num-images", type=int, default=None, help="synthetic: images in the split")
+    parser.add_argument("--seed", type=int, default=None, help="synthetic: generator seed")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--backend", default="ext", choices=("ext", "reference"))
+    parser.add_argument("--iou", type=float, default=0.5, help="IoU threshold of the VOC metric")
+    parser.add_argument("--no-coco", action="store_true", help="skip the pycocotools metrics")
+    parser.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    return parser
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .data import build_source
+    from .inference import load_model
+
+    options = {}
+    if args.data == "synthetic":
+        options = {k: v for k, v in (("num_images", args.num_images), ("seed", args.seed)) if v is not None}
+    source = build_source(args.data, args.data_root, args.split, **options)
+    model, class_names = load_model(args.weights, backend=args.backend, device=args.device)
+    if class_names is not None and tuple(class_names) != tuple(source.class_names):
+        print(f"mdssd.eval: the checkpoint was trained on classes {list(class_names)}, the data set has "
+              f"{list(source.class_names)}", file=sys.stderr)
+        return 2
+    report = evaluate(model, source, args.batch_size, args.workers, coco=False if args.no_coco else None,
+                      iou_threshold=args.iou)
+    print(f"{args.data} {args.split}: {len(source)} images, weights {args.weights}")
+    print(report.table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.as_dict(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
