@@ -1,0 +1,131 @@
+"""The detector: backbone, extras, Fusion Blocks, heads and priors wired together."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .backend import Backend, get_backend
+from .config import ModelConfig, get_config
+from .extras import Extras
+from .fusion import FusionBlock, L2Norm
+from .heads import Head
+from .loss import check_finite, check_targets, multibox_loss
+from .postprocess import detect
+from .priors import make_priors
+from .vgg import VGG16
+
+
+class Detector(nn.Module):
+    """MDSSD (``config.fusion`` non-empty) or SSD (empty) on one backend (``"ext"`` or
+    ``"reference"``); see ``docs/CONTRACTS.md`` for the API."""
+
+    def __init__(self, config: ModelConfig, backend: "str | Backend" = "ext"):
+        super().__init__()
+        self.config = config
+        self.backbone = VGG16(config.backbone)
+        self.extras = Extras(config.extras, config.backbone.fc_channels)
+        channels = {**self.backbone.channels, **self.extras.channels}
+        sizes = self.backbone.output_sizes(config.image_size)
+        sizes.update(self.extras.output_sizes(sizes["conv7"]))
+
+        self.fusion = nn.ModuleList()
+        for f in config.fusion:
+            block = FusionBlock(f, channels[f.low], channels[f.high], config.fusion_channels,
+                                config.fusion_scale_low, config.fusion_scale_high, config.l2norm_eps)
+            landed = block.output_size(sizes[f.high])
+            if landed != sizes[f.low]:
+                raise ValueError(f"{config.name}: {f.name}'s deconvolutions {f.deconv_kernels} take "
+                                 f"{f.high} ({sizes[f.high]}) to {landed}, not {f.low}'s {sizes[f.low]}")
+            self.fusion.append(block)
+            channels[f.name], sizes[f.name] = f.out_channels, sizes[f.low]
+        # SSD normalises conv4_3 before predicting from it; MDSSD's Fusion Block normalises instead.
+        self.conv4_3_norm = (L2Norm(channels["conv4_3"], config.ssd_l2norm_scale, config.l2norm_eps)
+                             if "conv4_3" in config.sources else None)
+
+        unknown = [s for s in config.sources if s not in sizes]
+        if unknown:
+            raise ValueError(f"{config.name}: unknown sources {unknown}; available {sorted(sizes)}")
+        self.source_sizes = tuple(sizes[s] for s in config.sources)
+        if self.source_sizes != tuple(config.priors.feature_maps):
+            raise ValueError(f"{config.name}: source maps are {self.source_sizes} but the prior "
+                             f"config expects {tuple(config.priors.feature_maps)}")
+        self.source_channels = tuple(channels[s] for s in config.sources)
+        self.head = Head(list(self.source_channels), list(config.priors.priors_per_cell()), config.num_classes)
+        self.register_buffer("priors", make_priors(config.priors, config.image_size), persistent=False)
+        self.set_backend(backend)
+
+    # -- backend -------------------------------------------------------------------------------
+    def set_backend(self, backend: "str | Backend") -> "Detector":
+        """Switch every op-calling module to ``backend``; weights are untouched."""
+        self.backend = get_backend(backend)
+        for block in self.fusion:
+            block.backend = self.backend
+        return self
+
+    # -- network -------------------------------------------------------------------------------
+    def check_images(self, images: Tensor) -> None:
+        """Shape checks only (no host sync): ``[B, 3, S, S]`` floating point."""
+        s = self.config.image_size
+        if images.dim() != 4:
+            raise ValueError(f"{self.config.name} expects images [B,3,{s},{s}], got shape {tuple(images.shape)}")
+        if images.shape[1] != 3:
+            raise ValueError(f"{self.config.name} expects 3-channel RGB images, got {images.shape[1]} "
+                             f"channels (shape {tuple(images.shape)})")
+        if tuple(images.shape[-2:]) != (s, s):
+            raise ValueError(f"{self.config.name} expects {s}x{s} images, got "
+                             f"{images.shape[-2]}x{images.shape[-1]}")
+        if not images.is_floating_point():
+            raise ValueError(f"images must be floating point (normalised), got {images.dtype}")
+
+    def features(self, images: Tensor) -> list[Tensor]:
+        """The source maps the heads predict from, in ``config.sources`` order."""
+        self.check_images(images)
+        maps = self.backbone(images)
+        maps.update(self.extras(maps["conv7"]))
+        for f, block in zip(self.config.fusion, self.fusion):
+            maps[f.name] = block(maps[f.low], maps[f.high])
+        if self.conv4_3_norm is not None:
+            maps["conv4_3"] = self.conv4_3_norm(maps["conv4_3"])
+        return [maps[s] for s in self.config.sources]
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``images [B,3,S,S]`` (ImageNet-normalised) -> raw ``loc [B,P,4]``, ``conf [B,P,K]``."""
+        return self.head(self.features(images))
+
+    # -- training and inference ------------------------------------------------------------------
+    def loss(self, loc: Tensor, conf: Tensor, gt_boxes: Tensor, gt_labels: Tensor, gt_counts: Tensor,
+             check: bool = True) -> dict[str, Tensor]:
+        """MultiBox loss ``{"loc", "conf", "total"}`` of a padded ground-truth batch.
+
+        With ``check`` (default; skipped inside ``torch.compile``) the targets are validated and a
+        non-finite loss raises ``FloatingPointError``; both read values, i.e. synchronise the host.
+        """
+        checking = check and not torch.compiler.is_compiling()
+        if checking:
+            check_targets(gt_boxes, gt_labels, gt_counts, loc.shape[0], self.config.num_classes)
+        with torch.no_grad():
+            loc_target, label_target = self.backend.match_encode(
+                self.priors, gt_boxes.to(self.priors.dtype), gt_labels.long(), gt_counts.long(),
+                self.config.loss.iou_threshold, self.config.variance_xy, self.config.variance_wh)
+        losses = multibox_loss(loc, conf, loc_target, label_target, self.config.loss)
+        if checking:
+            check_finite(losses)
+        return losses
+
+    @torch.no_grad()
+    def postprocess(self, loc: Tensor, conf: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Detections ``boxes [B,k,4]``, ``scores [B,k]``, ``labels [B,k]``, ``counts [B]``."""
+        return detect(self.backend, loc, conf, self.priors, self.config)
+
+    @property
+    def num_priors(self) -> int:
+        return self.priors.shape[0]
+
+
+def build_model(name: str, num_classes: int = 21, backend: "str | Backend" = "ext",
+                batch_norm: bool = False, **overrides) -> Detector:
+    """A preset (``mdssd300``, ``mdssd512``, ``ssd300``, ``ssd512``, ``mdssd_tiny``) with
+    ``num_classes`` (background included), ``batch_norm`` in the backbone and any other
+    :class:`ModelConfig` field overridden."""
+    return Detector(get_config(name, num_classes=num_classes, batch_norm=batch_norm, **overrides), backend)
