@@ -151,6 +151,18 @@ def test_nms_100k_boxes_matches_cpu():
     torch.testing.assert_close(cuda, cpu, rtol=0, atol=0)
 
 
+@pytest.mark.slow
+def test_nms_removed_vector_in_global_memory():
+    # 5121 tiles of 64: one more than the scan keeps in shared memory (kScanSharedWords in
+    # csrc/cuda/nms.cu), so its removed-bit vector lives in global memory (mask: 6.7 GB).
+    gen = torch.Generator().manual_seed(12)
+    n = 64 * 5121
+    boxes = random_boxes(n, gen, torch.float32, min_size=0.2, max_size=0.6)
+    scores = tie_free_scores(n, gen, torch.float32)
+    cpu, cuda = run_both(ops.nms, boxes, scores, 0.5)
+    torch.testing.assert_close(cuda, cpu, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_determinism(dtype):
     gen = torch.Generator().manual_seed(21)

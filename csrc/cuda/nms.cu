@@ -396,8 +396,10 @@ cudaError_t run(const T* boxes, const T* scores, const int64_t* idxs, int64_t n,
     flags = b.flag_by_rank;
   }
   temp = b.temp_bytes;
-  return cub::DeviceSelect::Flagged(b.temp, temp, b.order, flags, out_indices, out_count, count,
-                                    stream);
+  // Same iterator types as the size query in cub_temp_bytes (const input), so both are one
+  // instantiation and the queried temp_bytes is the one this call needs.
+  return cub::DeviceSelect::Flagged(b.temp, temp, static_cast<const int64_t*>(b.order), flags,
+                                    out_indices, out_count, count, stream);
 }
 
 }  // namespace

@@ -43,6 +43,9 @@ constexpr int kBins = 1 << kRadixBits;
 // needed before a launch.
 constexpr size_t kSharedBudget = 46 * 1024;
 constexpr int64_t kMaxInt = 0x7fffffff;
+// Items a block_select_topk loop may cover (num_priors in stage 2, num_fg * cap in stage 3): its
+// `base += kThreads` and `base + tid` are int and must not pass kMaxInt on the last chunk.
+constexpr int64_t kMaxItems = kMaxInt - kThreads;
 
 #define MDSSD_RETURN_IF_ERROR(expr)          \
   do {                                       \
@@ -541,9 +544,9 @@ bool ssd_postprocess_fits(int64_t batch, int64_t num_priors, int64_t num_classes
   if (batch < 0 || num_priors < 0 || num_classes < 1 || top_k_per_class < 1) return false;
   const int64_t cap = top_k_per_class < num_priors ? top_k_per_class : num_priors;
   const int64_t num_fg = num_classes - 1;
-  return cap <= kPostprocessMaxCandidates && num_priors <= kMaxInt && num_classes <= kMaxInt &&
+  return cap <= kPostprocessMaxCandidates && num_priors <= kMaxItems && num_classes <= kMaxInt &&
          batch <= kMaxInt &&
-         (num_fg == 0 || (cap <= kMaxInt / num_fg && batch <= kMaxInt / num_fg));
+         (num_fg == 0 || (cap <= kMaxItems / num_fg && batch <= kMaxInt / num_fg));
 }
 
 int ssd_postprocess_workspace_bytes(int64_t batch, int64_t num_priors, int64_t num_classes,

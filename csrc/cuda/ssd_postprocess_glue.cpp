@@ -40,7 +40,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ssd_postprocess_cuda(
               ": sizes too large for the CUDA kernels (loc ", shape_str(loc), ", conf ",
               shape_str(conf), ", top_k_per_class ", top_k_per_class,
               "): priors, classes, batch x classes and classes x min(top_k_per_class, priors) "
-              "must each be below 2^31");
+              "must each be below 2^31 (priors and classes x candidates: 2^31 - 256)");
 
   const bool is_double = loc.scalar_type() == at::kDouble;
   int64_t workspace_bytes = 0;

@@ -25,8 +25,9 @@ int ssd_postprocess_workspace_bytes(int64_t batch, int64_t num_priors, int64_t n
 // per-block scratch would not fit in any GPU's memory for a realistic batch anyway.
 constexpr int64_t kPostprocessMaxCandidates = 65536;
 
-// Whether the sizes are within the kernels' limits: num_priors, num_classes, batch,
-// (num_classes - 1) * min(top_k, num_priors) and batch * (num_classes - 1) at most 2^31 - 1, and
+// Whether the sizes are within the kernels' limits: num_classes, batch and
+// batch * (num_classes - 1) at most 2^31 - 1; num_priors and (num_classes - 1) *
+// min(top_k, num_priors) at most 2^31 - 1 - 256 (the selection loops step an int by 256 threads);
 // min(top_k, num_priors) at most kPostprocessMaxCandidates.
 bool ssd_postprocess_fits(int64_t batch, int64_t num_priors, int64_t num_classes,
                           int64_t top_k_per_class);
