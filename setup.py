@@ -29,7 +29,10 @@ def want_cuda() -> bool:
 
 def extension():
     sources = ["csrc/mdssd.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
-    cxx = ["-O3", "-fopenmp"]  # at::parallel_for only goes parallel when compiled with OpenMP
+    # -fopenmp: at::parallel_for only goes parallel when compiled with OpenMP.
+    # -ffp-contract=off: no fused multiply-adds, so the box arithmetic rounds exactly like the
+    # reference and the CUDA kernels whatever -march a user adds (see csrc/box_math.h).
+    cxx = ["-O3", "-fopenmp", "-ffp-contract=off"]
     args = dict(
         name="mdssd._C",
         include_dirs=[os.path.abspath("csrc")],

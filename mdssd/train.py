@@ -1,0 +1,618 @@
+"""``python -m mdssd.train``: train MDSSD/SSD on the synthetic set, VOC, COCO or TT100K.
+
+Without arguments it trains the small preset on the synthetic small-object set, sized to finish on
+a 2-core CPU, and reports val mAP. ``--preset mdssd300|mdssd512|ssd300|ssd512`` selects a paper
+model (with the paper's batch/schedule defaults), ``--config FILE.yaml`` and ``--set key=value``
+or ``--key value`` override any field of :class:`mdssd.config.TrainConfig`. Under ``torchrun``
+it trains with DDP (NCCL on GPUs, gloo on CPU); rank 0 logs and writes checkpoints.
+
+Exact resumption: the data order of epoch ``e`` is a permutation seeded by ``seed + e`` (the
+distributed sampler's), each item's augmentation draws from a generator seeded by
+``(seed, split, epoch, index)``, so the batch at any (epoch, batch) position is a pure function
+of the config and can be skipped to; the checkpoint holds model, optimizer, scheduler, AMP
+scaler, that position and the global RNG states of every rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from . import checkpoint as ckpt
+from . import config as config_mod
+from . import distributed
+from .config import TrainConfig
+from .runlog import NullLog, RunLog
+from .schedule import build_scheduler
+
+CHECKPOINT_FORMAT = 1
+# Fields that define the model and its data; a checkpoint resumed under different values
+# would not continue the same run.
+_MUST_MATCH = ("preset", "batch_norm", "dataset", "seed", "batch_size")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped on a NaN/inf loss; ``step`` is the first bad optimizer step (1-based)."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+# ---------------------------------------------------------------------------------------------
+# Data order and per-item randomness
+
+
+class EpochSampler(DistributedSampler):
+    """The distributed sampler (per-epoch permutation seeded by ``seed + epoch``, padded to a
+    multiple of the world size, rank ``r`` takes every ``world``-th index), yielding
+    ``(epoch, index)`` pairs so that workers seed each item without shared state, and able to
+    start ``start`` samples into the epoch (the resume position)."""
+
+    def __init__(self, length: int, num_replicas: int, rank: int, shuffle: bool, seed: int):
+        super().__init__(range(length), num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+                         seed=seed, drop_last=False)
+        self.start = 0
+
+    def set_position(self, epoch: int, start: int) -> None:
+        self.set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self):
+        indices = list(super().__iter__())[self.start:]
+        return iter([(self.epoch, index) for index in indices])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+@contextlib.contextmanager
+def _isolated_rng():
+    """Run a block without disturbing the caller's python/numpy/torch global RNG streams."""
+    state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    try:
+        yield
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.set_rng_state(state[2])
+
+
+class SeededItems(Dataset):
+    """Item ``(epoch, index)`` of a :class:`mdssd.data.DetectionDataset`.
+
+    The data set seeds its augmentation generator from ``(seed, epoch, index)``; the epoch travels
+    with the index (set on the worker's copy just before the item is made), so persistent workers
+    see each new epoch. Code that draws from the global python/numpy/torch generators instead
+    gets them seeded from the same triple, inside a block that leaves the caller's streams
+    untouched (with ``workers=0`` the caller is the training process)."""
+
+    def __init__(self, dataset, seed: int, stream: int):
+        self.dataset = dataset
+        self.seed = seed
+        self.stream = stream
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        words = np.random.SeedSequence([self.seed, self.stream, epoch, index]).generate_state(3)
+        self.dataset.set_epoch(epoch)
+        with _isolated_rng():
+            random.seed(int(words[0]))
+            np.random.seed(int(words[1]))
+            torch.manual_seed(int(words[2]))
+            return self.dataset[index]
+
+
+# ---------------------------------------------------------------------------------------------
+# Data sets (adapters to mdssd.data)
+
+
+@dataclass
+class DataBundle:
+    train: Any  # mdssd.data.DetectionDataset, SSD augmentation
+    val: Any  # resize only; val.source holds the annotations the metrics read
+    class_names: tuple
+
+    def __post_init__(self) -> None:
+        self._val_annotations: dict[int, Any] = {}
+
+    def val_annotation(self, index: int):
+        """Ground truth of val image ``index`` (pixels), read once and kept for later evaluations."""
+        if index not in self._val_annotations:
+            self._val_annotations[index] = self.val.source.annotation(index)
+        return self._val_annotations[index]
+
+
+def build_data(cfg: TrainConfig, image_size: int) -> DataBundle:
+    """Train (SSD augmentation) and val (resize) sets. Built from the source rather than with
+    ``mdssd.data.build_dataset``, whose ``seed`` (augmentation) would collide with the synthetic
+    generator's own ``seed`` option."""
+    from .data import DetectionDataset, Resize, SSDAugment, build_source
+
+    def source(split: str, default: str):
+        options: dict[str, Any] = {}
+        if cfg.dataset == "synthetic":
+            count = cfg.synthetic_train_images if default == "train" else cfg.synthetic_val_images
+            options = {"num_images": count, "seed": cfg.data_seed}
+            options.update({k: v for k, v in (("min_size", cfg.synthetic_min_size),
+                                              ("max_size", cfg.synthetic_max_size)) if v is not None})
+        return build_source(cfg.dataset, cfg.data_root, split or default, **options)
+
+    train = DetectionDataset(source(cfg.train_split, "train"), SSDAugment(size=image_size), seed=cfg.seed)
+    val = DetectionDataset(source(cfg.val_split, "val"), Resize(size=image_size), seed=cfg.seed)
+    if train.class_names != val.class_names:
+        raise RuntimeError(f"train and val splits of {cfg.dataset} disagree on the classes: "
+                           f"{train.class_names} vs {val.class_names}")
+    return DataBundle(train=train, val=val, class_names=train.class_names)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model, optimizer, precision
+
+
+def resolve_device(cfg: TrainConfig, local_rank: int) -> torch.device:
+    kind = cfg.device
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device=cuda but torch sees no CUDA device")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def cpu_threads(cfg: TrainConfig, device: torch.device, info: distributed.DistInfo) -> int | None:
+    """Intra-op threads for CPU training: ``threads`` when set; else, unless OMP_NUM_THREADS
+    decides, the process's cores shared among the local ranks, less one per data worker.
+
+    OpenMP threads spin at their barriers, so on an oversubscribed machine (our shared 2-core
+    one: 2 threads plus a worker) each step took 3-4x the wall time of 1 thread and 3x its CPU
+    time; leaving the workers their own cores avoids that."""
+    if cfg.threads is not None:
+        return cfg.threads
+    if device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
+    return max(1, cores // max(1, local_ranks) - cfg.workers)
+
+
+def resolve_amp(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype (None: full fp32)."""
+    amp = cfg.amp
+    if amp == "auto":
+        if device.type != "cuda":
+            return None
+        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if amp == "off":
+        return None
+    if amp == "fp16" and device.type != "cuda":
+        raise config_mod.ConfigError("amp=fp16 needs a CUDA device (use bf16 or off on CPU)")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def build_model(preset: str, num_classes: int, backend: str, batch_norm: bool):
+    from .model import build_model as _build
+
+    return _build(preset, num_classes=num_classes, backend=backend, batch_norm=batch_norm)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def evaluate(core, loader: DataLoader, sampler: "EpochSampler", bundle: DataBundle,
+             device: torch.device, amp_dtype: torch.dtype | None, memory_format: torch.memory_format,
+             iou: float, info: distributed.DistInfo) -> dict[str, Any]:
+    """VOC07 mAP of the unwrapped model ``core`` on the val split.
+
+    Each rank predicts its share (the sampler pads the split to a multiple of the world size by
+    repeating images); the detections are gathered on rank 0, de-duplicated by data set index,
+    scored once with :func:`mdssd.metrics.voc_eval`, and the metrics are broadcast so every rank
+    returns the same dict: ``mAP`` (VOC07 11-point), ``mAP_area``, ``images``, ``detections``,
+    ``table`` (per-class text)."""
+    from .metrics import Detections, format_table, voc_eval
+
+    was_training = core.training
+    core.eval()
+    sampler.set_position(0, 0)
+    order = [index for _, index in iter(sampler)]  # this rank's items, in loader order
+    local: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+    for batch in loader:
+        images = batch["images"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loc, conf = core(images)
+        boxes, scores, labels, counts = (t.cpu() for t in core.postprocess(loc.float(), conf.float()))
+        for b in range(counts.shape[0]):
+            n = int(counts[b])
+            local.append((order[len(local)], boxes[b, :n].double().numpy(),
+                          scores[b, :n].double().numpy(), labels[b, :n].numpy()))
+    if was_training:
+        core.train()
+
+    metrics = None
+    gathered = distributed.all_gather_object(local)
+    if info.is_main:
+        by_index: dict[int, tuple] = {}
+        for part in gathered:
+            for index, *detection in part:
+                by_index.setdefault(index, detection)
+        indices = sorted(by_index)
+        annotations = [bundle.val_annotation(i) for i in indices]
+        detections = []
+        for index, ann in zip(indices, annotations):
+            boxes01, scores, labels = by_index[index]
+            # Normalised boxes of the resized image are the same fractions of the stored image.
+            scale = np.array([ann.width, ann.height, ann.width, ann.height], dtype=np.float64)
+            detections.append(Detections(boxes01 * scale, scores, labels))
+        result = voc_eval(annotations, detections, bundle.class_names, iou_threshold=iou)
+        metrics = {
+            "mAP": result.map_11,
+            "mAP_area": result.map_area,
+            "images": len(indices),
+            "detections": int(sum(len(d.scores) for d in detections)),
+            "table": format_table(bundle.class_names, voc=result),
+        }
+    return distributed.broadcast_object(metrics)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _checkpoint_state(cfg, model, optimizer, scheduler, scaler, step, epoch, batch, best, rngs,
+                      class_names, world_size) -> dict:
+    core = _unwrap(model)
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "config": config_mod.to_dict(cfg),
+        "model_config": core.config.to_dict() if hasattr(core.config, "to_dict") else None,
+        "class_names": tuple(class_names),
+        "model": core.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "step": step,
+        "epoch": epoch,
+        "batch_in_epoch": batch,
+        "best": best,
+        "rng": rngs,
+        "world_size": world_size,
+    }
+
+
+def _resume_path(cfg: TrainConfig) -> Path | None:
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "auto":
+        path = Path(cfg.out_dir) / "last.pt"
+        return path if path.exists() else None
+    path = Path(cfg.resume)
+    if not path.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    return path
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run training as configured; returns a summary (steps, final/best metrics, wall time, out
+    dir). Joins the torchrun process group when launched by torchrun."""
+    device_kind = "cuda" if (cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())) else "cpu"
+    info = distributed.init(device_kind)
+    try:
+        return _train(cfg, info)
+    finally:
+        if info.enabled:
+            distributed.shutdown()
+
+
+def _train(cfg: TrainConfig, info: distributed.DistInfo) -> dict[str, Any]:
+    t_start = time.time()
+    device = resolve_device(cfg, info.local_rank)
+    threads = cpu_threads(cfg, device, info)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    amp_dtype = resolve_amp(cfg, device)
+    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if device.type == "cuda" and not cfg.deterministic:
+        # Fixed input size: let cuDNN pick the fastest convolution algorithms once.
+        torch.backends.cudnn.benchmark = True
+    if cfg.batch_size % info.world_size:
+        raise config_mod.ConfigError(
+            f"batch_size {cfg.batch_size} is global and must divide evenly over {info.world_size} processes")
+    per_rank_batch = cfg.batch_size // info.world_size
+
+    # Same seed on every rank: identical initial weights (DDP broadcasts rank 0's anyway).
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    from .model.config import get_config
+
+    image_size = get_config(cfg.preset).image_size
+    bundle = build_data(cfg, image_size)
+    num_classes = len(bundle.class_names) + 1
+    model = build_model(cfg.preset, num_classes, cfg.backend, cfg.batch_norm)
+    if cfg.pretrained_backbone:
+        _load_backbone(model, cfg.pretrained_backbone)
+    model.to(device=device, memory_format=memory_format)
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    train_items = SeededItems(bundle.train, cfg.seed, stream=0)
+    val_items = SeededItems(bundle.val, cfg.seed, stream=1)
+    sampler = EpochSampler(len(train_items), info.world_size, info.rank, shuffle=True, seed=cfg.seed)
+    steps_per_epoch = sampler.num_samples // per_rank_batch
+    if steps_per_epoch < 1:
+        raise config_mod.ConfigError(
+            f"the training set ({len(train_items)} images) is smaller than one batch per process "
+            f"({per_rank_batch})")
+    total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+    scheduler = build_scheduler(optimizer, total_steps, cfg.warmup_steps, cfg.warmup_factor,
+                                cfg.lr_decay_at, cfg.lr_gamma)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    from .data import collate
+    from .model.loss import check_targets
+
+    loader_kwargs: dict[str, Any] = dict(
+        num_workers=cfg.workers, collate_fn=collate, pin_memory=device.type == "cuda",
+        persistent_workers=cfg.workers > 0,
+        # Its own generator: creating an iterator must not consume the global torch RNG stream
+        # (that would make resumed and uninterrupted runs differ).
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    if cfg.workers > 0:
+        loader_kwargs["prefetch_factor"] = 4
+    train_loader = DataLoader(train_items, batch_size=per_rank_batch, sampler=sampler,
+                              drop_last=True, **loader_kwargs)
+    val_sampler = EpochSampler(len(val_items), info.world_size, info.rank, shuffle=False, seed=cfg.seed)
+    val_loader = DataLoader(val_items, batch_size=max(1, per_rank_batch), sampler=val_sampler,
+                            drop_last=False, **loader_kwargs)
+
+    out_dir = Path(cfg.out_dir)
+    step, epoch, batch_in_epoch = 0, 0, 0
+    best: dict[str, Any] = {"mAP": None, "step": None}
+    resume_from = _resume_path(cfg)
+    if resume_from is not None:
+        state = ckpt.load(resume_from)
+        _check_resumable(state, cfg, resume_from)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"] is not None and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        if state["world_size"] != info.world_size and info.is_main:
+            # Each rank's share of an epoch depends on the world size: the run goes on from the
+            # same step and epoch, but the rest of this epoch is not the uninterrupted run's.
+            print(f"note: {resume_from} was written by {state['world_size']} processes, this run "
+                  f"has {info.world_size}: resuming at step {step}, not bit-exactly", flush=True)
+        best = state["best"]
+        rngs = state["rng"]
+        ckpt.set_rng_state(rngs[info.rank % len(rngs)])
+        del state
+
+    if info.enabled:
+        ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
+        model = torch.nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
+    core = _unwrap(model)
+
+    log = NullLog()
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        config_mod.dump_yaml(cfg, out_dir / "config.yaml")
+        log = RunLog(out_dir, total_steps, step, cfg.progress, cfg.tensorboard)
+        log.message(
+            f"mdssd.train: {cfg.preset} ({core.config.image_size}px, {num_classes - 1} classes) on "
+            f"{cfg.dataset} ({len(bundle.train)} train / {len(bundle.val)} val images), "
+            f"{total_steps} steps of batch {cfg.batch_size} ({steps_per_epoch} per epoch) on "
+            f"{info.world_size} x {device.type}, amp {amp_dtype or 'off'}, out {out_dir}"
+            + (f"; resumed from {resume_from} at step {step}" if resume_from else ""))
+
+    def save(name: str) -> None:
+        """Write a checkpoint at the current position (rank 0 writes; every rank takes part,
+        since the RNG states of all ranks are gathered)."""
+        rngs = distributed.all_gather_object(ckpt.rng_state())
+        if info.is_main:
+            state = _checkpoint_state(cfg, model, optimizer, scheduler, scaler, step, epoch,
+                                      batch_in_epoch, best, rngs, bundle.class_names, info.world_size)
+            ckpt.atomic_save(state, out_dir / name)
+
+    # Loss values stay on the device between log points, so a GPU step needs no host sync; the
+    # buffer is checked (and logged) every log_interval steps and before every checkpoint.
+    pending: list[torch.Tensor] = []
+    pending_first_step = step + 1
+    interval_start = time.time()
+    last_saved_step = step if resume_from else None
+    last_metrics: dict[str, Any] | None = None
+
+    def stop_if_nonfinite(values: torch.Tensor, first_step: int) -> None:
+        """``values [n,3]`` (rank means of total/loc/conf) of steps ``first_step...``."""
+        finite = torch.isfinite(values).all(dim=1)
+        if bool(finite.all()):
+            return
+        row = int((~finite).nonzero()[0, 0])
+        bad = first_step + row
+        kept = (f"the last good checkpoint is {out_dir / 'last.pt'} (step {last_saved_step}), "
+                f"resume from it with a lower lr or --grad-clip"
+                if last_saved_step is not None else "no checkpoint had been written yet")
+        message = (f"non-finite loss at step {bad} (epoch {epoch}, loss {values[row, 0].item()}, "
+                   f"loc {values[row, 1].item()}, conf {values[row, 2].item()}); training stopped "
+                   f"without saving; {kept}")
+        log.message(message)
+        raise NonFiniteLossError(message, bad)
+
+    def check_latest() -> None:
+        stop_if_nonfinite(distributed.all_reduce_mean(pending[-1][None].float()).cpu().double(), step)
+
+    def flush() -> None:
+        nonlocal pending, pending_first_step, interval_start
+        if not pending:
+            return
+        values = distributed.all_reduce_mean(torch.stack(pending).float()).cpu().double()
+        stop_if_nonfinite(values, pending_first_step)
+        elapsed = max(time.time() - interval_start, 1e-9)
+        mean = values.mean(dim=0)
+        log.train_row({
+            "step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+            "loss": mean[0].item(), "loc": mean[1].item(), "conf": mean[2].item(),
+            "images_per_s": round(len(pending) * cfg.batch_size / elapsed, 2),
+        })
+        pending = []
+        pending_first_step = step + 1
+        interval_start = time.time()
+
+    def run_eval() -> dict[str, Any]:
+        nonlocal last_metrics
+        metrics = evaluate(core, val_loader, val_sampler, bundle, device, amp_dtype, memory_format,
+                           cfg.eval_iou, info)
+        last_metrics = metrics
+        log.eval_row(step, metrics)
+        # NaN (a val split without ground truth) never counts as best.
+        if not math.isnan(metrics["mAP"]) and (best["mAP"] is None or metrics["mAP"] > best["mAP"]):
+            best.update({"mAP": metrics["mAP"], "step": step})
+            save("best.pt")
+        return metrics
+
+    stopped_early = False
+    model.train()
+    try:
+        while step < total_steps:
+            sampler.set_position(epoch, batch_in_epoch * per_rank_batch)
+            for batch in train_loader:
+                check_targets(batch["gt_boxes"], batch["gt_labels"], batch["gt_counts"],
+                              batch["images"].shape[0], num_classes)
+                images = batch["images"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                gt_boxes = batch["gt_boxes"].to(device, non_blocking=True)
+                gt_labels = batch["gt_labels"].to(device, non_blocking=True)
+                gt_counts = batch["gt_counts"].to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                    enabled=amp_dtype is not None):
+                    loc, conf = model(images)
+                # The loss (matching, log-softmax, hard negative mining) runs in fp32. Its own
+                # checks read values (a host sync per step on a GPU) and would raise on one rank
+                # only, leaving the others waiting in the gradient all-reduce; targets were checked
+                # on the host above and non-finite losses are caught for all ranks by flush().
+                losses = core.loss(loc.float(), conf.float(), gt_boxes, gt_labels, gt_counts, check=False)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(losses["total"]).backward()
+                if cfg.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                pending.append(torch.stack([losses["total"].detach(), losses["loc"].detach(),
+                                            losses["conf"].detach()]))
+                step += 1
+                batch_in_epoch += 1
+                if batch_in_epoch == steps_per_epoch:
+                    epoch, batch_in_epoch = epoch + 1, 0
+                log.advance()
+                last = step == total_steps
+                stop_here = cfg.stop_at_step is not None and step >= cfg.stop_at_step
+                do_eval = last or (cfg.eval_interval and step % cfg.eval_interval == 0)
+                do_save = (last or stop_here or do_eval
+                           or (cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0))
+                if step % cfg.log_interval == 0 or do_save:
+                    flush()
+                elif device.type == "cpu":
+                    # A host read costs nothing on CPU: stop on the very step that went bad.
+                    check_latest()
+                if do_eval:
+                    run_eval()
+                if do_save:
+                    # After the evaluation, so that the saved "best" already counts it.
+                    save("last.pt")
+                    last_saved_step = step
+                if last or stop_here or batch_in_epoch == 0:
+                    # batch_in_epoch == 0: the epoch is complete (drop_last leaves a remainder).
+                    break
+            if cfg.stop_at_step is not None and step >= cfg.stop_at_step and step < total_steps:
+                stopped_early = True
+                break
+    finally:
+        log.close()
+
+    summary = {
+        "steps": step,
+        "total_steps": total_steps,
+        "stopped_early": stopped_early,
+        "metrics": last_metrics,
+        "best": best,
+        "wall_s": time.time() - t_start,
+        "out_dir": str(out_dir),
+        "world_size": info.world_size,
+    }
+    if info.is_main and last_metrics is not None and not stopped_early:
+        best_text = (f"best {best['mAP']:.4f} at step {best['step']}" if best["mAP"] is not None
+                     else "no best: no val ground truth")
+        print(last_metrics["table"], flush=True)
+        print(f"done: {step} steps in {summary['wall_s']:.0f} s; val mAP@{cfg.eval_iou} (VOC07 "
+              f"11-point) {last_metrics['mAP']:.4f} ({best_text}); checkpoints in {out_dir}",
+              flush=True)
+    return summary
+
+
+def _check_resumable(state: dict, cfg: TrainConfig, path: Path) -> None:
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise RuntimeError(f"{path}: checkpoint format {state.get('format')} is not {CHECKPOINT_FORMAT}")
+    saved = state["config"]
+    for key in _MUST_MATCH:
+        if saved.get(key) != getattr(cfg, key):
+            raise RuntimeError(
+                f"{path}: cannot resume: checkpoint has {key}={saved.get(key)!r}, this run "
+                f"{key}={getattr(cfg, key)!r}")
+
+
+def _load_backbone(model, path: str) -> None:
+    from .model import load_vgg16_imagenet
+
+    loaded = load_vgg16_imagenet(model.backbone, path)
+    if distributed.info().is_main:
+        print(f"loaded {len(loaded)} backbone tensors from {path}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = config_mod.from_args(argv)
+    except config_mod.ConfigError as error:
+        print(f"mdssd.train: {error}", file=sys.stderr)
+        return 2
+    try:
+        train(cfg)
+    except NonFiniteLossError as error:
+        print(f"mdssd.train: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
