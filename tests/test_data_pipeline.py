@@ -116,7 +116,7 @@ def test_synthetic_is_deterministic_small_and_in_range():
 
 
 def test_collate_pads_per_contract():
-    dataset = build_dataset("synthetic", split="train", image_size=64, num_images=6, seed=1)
+    dataset = build_dataset("synthetic", split="train", image_size=64, num_images=6, augment_seed=1)
     items = [dataset[i] for i in range(4)]
     batch = collate(items)
     counts = [len(t["labels"]) for _, t in items]

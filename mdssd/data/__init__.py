@@ -3,7 +3,7 @@
 Training builds its data like this::
 
     from mdssd.data import build_dataset, collate
-    train_set = build_dataset("synthetic", split="train", image_size=300, seed=0)
+    train_set = build_dataset("synthetic", split="train", image_size=300, augment_seed=0)
     val_set = build_dataset("synthetic", split="val", image_size=300)       # resize only
     loader = torch.utils.data.DataLoader(train_set, batch_size=32, shuffle=True, num_workers=2,
                                          collate_fn=collate, drop_last=True)

@@ -123,11 +123,13 @@ def build_source(name: str, root: str | Path | None = None, split: str = "train"
 
 
 def build_dataset(name: str, root: str | Path | None = None, split: str = "train", image_size: int = 300,
-                  train: bool | None = None, seed: int = 0, keep_difficult: bool = False,
+                  train: bool | None = None, augment_seed: int = 0, keep_difficult: bool = False,
                   augment: dict | None = None, **options) -> DetectionDataset:
     """Source + transform in one call: SSD augmentation when ``train`` (default: ``split ==
-    "train"``), plain resize otherwise. ``augment`` overrides :class:`SSDAugment` fields."""
+    "train"``), plain resize otherwise. ``augment`` overrides :class:`SSDAugment` fields;
+    ``augment_seed`` seeds the augmentation, while ``options`` (the synthetic set's own ``seed``
+    among them) go to :func:`build_source`."""
     source = build_source(name, root, split, **options)
     train = split == "train" if train is None else train
     transform = SSDAugment(size=image_size, **(augment or {})) if train else Resize(size=image_size)
-    return DetectionDataset(source, transform, seed=seed, keep_difficult=keep_difficult)
+    return DetectionDataset(source, transform, seed=augment_seed, keep_difficult=keep_difficult)
