@@ -16,5 +16,26 @@ inline int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) 
 // Returns the error of the last launch (and clears it) as an int, the type the C++ glue sees.
 inline int last_launch_error() { return static_cast<int>(cudaGetLastError()); }
 
+#define MDSSD_RETURN_IF_ERROR(expr)          \
+  do {                                       \
+    const cudaError_t err_ = (expr);         \
+    if (err_ != cudaSuccess) return err_;    \
+  } while (0)
+
+// Unsigned key whose ascending order is the score order, for radix sorts and selections; -0 and
+// +0 get the same key (they compare equal on CPU, so their order must come from the index, as
+// for any tie).
+__device__ __forceinline__ uint32_t score_key(float s) {
+  uint32_t u = __float_as_uint(s);
+  if (u == 0x80000000u) u = 0u;
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ uint64_t score_key(double s) {
+  uint64_t u = static_cast<uint64_t>(__double_as_longlong(s));
+  const uint64_t sign = 0x8000000000000000ull;
+  if (u == sign) u = 0u;
+  return (u & sign) ? ~u : (u | sign);
+}
+
 }  // namespace cuda
 }  // namespace mdssd

@@ -46,12 +46,6 @@ constexpr int kThreads = 256;            // element-wise kernels
 constexpr int kScanThreads = 1024;       // the single scan block: as many loads in flight as can be
 constexpr int64_t kScanSharedWords = 5120;  // removed-bit vector in shared memory up to 40 KB
 
-#define MDSSD_RETURN_IF_ERROR(expr)          \
-  do {                                       \
-    const cudaError_t err_ = (expr);         \
-    if (err_ != cudaSuccess) return err_;    \
-  } while (0)
-
 template <typename T>
 struct RankKey;
 template <>
@@ -63,21 +57,9 @@ struct RankKey<double> {
   using type = uint64_t;
 };
 
-// Unsigned key whose ascending order is descending score; -0 and +0 get the same key (they
-// compare equal on CPU, so their order must come from the index, as for any tie).
-__device__ __forceinline__ uint32_t descending_key(float s) {
-  uint32_t u = __float_as_uint(s);
-  if (u == 0x80000000u) u = 0u;
-  const uint32_t ascending = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-  return ~ascending;
-}
-__device__ __forceinline__ uint64_t descending_key(double s) {
-  uint64_t u = static_cast<uint64_t>(__double_as_longlong(s));
-  const uint64_t sign = 0x8000000000000000ull;
-  if (u == sign) u = 0u;
-  const uint64_t ascending = (u & sign) ? ~u : (u | sign);
-  return ~ascending;
-}
+// Unsigned key whose ascending order is descending score (ties are left to the stable sort).
+__device__ __forceinline__ uint32_t descending_key(float s) { return ~score_key(s); }
+__device__ __forceinline__ uint64_t descending_key(double s) { return ~score_key(s); }
 
 // Word offset of the first row of row tile `rb` in the upper-triangular mask: tile rb stores
 // 64 rows of (tiles - rb) words.

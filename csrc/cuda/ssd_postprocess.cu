@@ -47,29 +47,10 @@ constexpr int64_t kMaxInt = 0x7fffffff;
 // `base += kThreads` and `base + tid` are int and must not pass kMaxInt on the last chunk.
 constexpr int64_t kMaxItems = kMaxInt - kThreads;
 
-#define MDSSD_RETURN_IF_ERROR(expr)          \
-  do {                                       \
-    const cudaError_t err_ = (expr);         \
-    if (err_ != cudaSuccess) return err_;    \
-  } while (0)
-
 template <typename T>
 struct KeyBits {
   static constexpr int value = static_cast<int>(sizeof(T) * 8);
 };
-
-// Unsigned key whose order is the score order (-0 and +0 equal), widened to 64 bits.
-__device__ __forceinline__ u64 score_key(float s) {
-  uint32_t u = __float_as_uint(s);
-  if (u == 0x80000000u) u = 0u;
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-__device__ __forceinline__ u64 score_key(double s) {
-  u64 u = static_cast<u64>(__double_as_longlong(s));
-  const u64 sign = 0x8000000000000000ull;
-  if (u == sign) u = 0u;
-  return (u & sign) ? ~u : (u | sign);
-}
 
 __host__ __device__ __forceinline__ size_t align16(size_t x) { return (x + 15) / 16 * 16; }
 

@@ -83,6 +83,24 @@ class DetectionSource(Protocol):
         ...
 
 
+class ImageFileSource:
+    """A data source whose annotations are read up front and whose images are files on disk:
+    subclasses fill ``_annotations`` and ``_image_paths`` (same order) in ``__init__``."""
+
+    _annotations: list[Annotation]
+    _image_paths: list[Path]
+
+    def __len__(self) -> int:
+        return len(self._annotations)
+
+    def annotation(self, index: int) -> Annotation:
+        return self._annotations[index]
+
+    def image(self, index: int) -> np.ndarray:
+        ann = self._annotations[index]
+        return load_rgb(self._image_paths[index], f"image {ann.image_id}", expect=(ann.width, ann.height))
+
+
 def check_boxes(boxes: np.ndarray, width: int, height: int, file: str | Path, records: Sequence[str],
                 tolerance: float = 0.0) -> np.ndarray:
     """Raise :class:`AnnotationError` if a box is inverted or outside the image.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Annotation, AnnotationError, check_boxes, load_rgb
+from .base import Annotation, AnnotationError, ImageFileSource, check_boxes
 
 __all__ = ["COCODetection", "read_json"]
 
@@ -43,7 +43,7 @@ def _field(record: dict, key: str, path: Path, name: str):
     return record[key]
 
 
-class COCODetection:
+class COCODetection(ImageFileSource):
     """A COCO instances file as a detection source.
 
     ``check_images`` verifies that every image file exists when the reader is built (one ``stat``
@@ -101,13 +101,3 @@ class COCODetection:
             self._annotations.append(Annotation(int(image_id), str(info["file_name"]), width, height, boxes,
                                                 entry["labels"], crowd=entry["crowd"]))
             self._image_paths.append(image_path)
-
-    def __len__(self) -> int:
-        return len(self._annotations)
-
-    def annotation(self, index: int) -> Annotation:
-        return self._annotations[index]
-
-    def image(self, index: int) -> np.ndarray:
-        ann = self._annotations[index]
-        return load_rgb(self._image_paths[index], f"image {ann.image_id}", expect=(ann.width, ann.height))

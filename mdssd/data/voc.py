@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .base import Annotation, AnnotationError, check_boxes, class_index, load_rgb
+from .base import Annotation, AnnotationError, ImageFileSource, check_boxes, class_index
 
 __all__ = ["VOC_CLASSES", "VOCDetection", "parse_voc_xml"]
 
@@ -81,7 +81,7 @@ def parse_voc_xml(path: str | Path, labels: dict[str, int], image_id: int) -> An
     return Annotation(image_id, file_name, width, height, boxes, classes, difficult=difficult)
 
 
-class VOCDetection:
+class VOCDetection(ImageFileSource):
     """One VOC image set (e.g. VOC2007 ``trainval`` or ``test``) as a detection source.
 
     ``image_id`` is the position in the image-set file (VOC stems like ``000005`` are not unique
@@ -107,13 +107,3 @@ class VOCDetection:
                                       f"image file {image_path} not found")
             self._annotations.append(ann)
             self._image_paths.append(image_path)
-
-    def __len__(self) -> int:
-        return len(self._annotations)
-
-    def annotation(self, index: int) -> Annotation:
-        return self._annotations[index]
-
-    def image(self, index: int) -> np.ndarray:
-        ann = self._annotations[index]
-        return load_rgb(self._image_paths[index], f"image {ann.image_id}", expect=(ann.width, ann.height))
