@@ -100,6 +100,26 @@ inline void check_l2norm_sum_args(const char* op, const at::Tensor& a, const at:
   TORCH_CHECK(eps > 0, op, ": eps must be positive, got ", eps);
 }
 
+inline void check_l2norm_sum_backward_args(const at::Tensor& grad_out, const at::Tensor& a,
+                                           const at::Tensor& b, const at::Tensor& scale_a,
+                                           const at::Tensor& scale_b, double eps) {
+  const char* op = "l2norm_sum_backward";
+  check_l2norm_sum_args(op, a, b, scale_a, scale_b, eps);
+  TORCH_CHECK(grad_out.sizes() == a.sizes(), op, ": grad_out must have a's shape ", shape_str(a),
+              ", got ", shape_str(grad_out));
+  check_same_dtype(op, "grad_out", grad_out, "a", a);
+  check_same_device(op, "grad_out", grad_out, "a", a);
+}
+
+// The memory format l2norm_sum works in (and returns): channels_last only when `a` is laid out
+// that way and not also plain contiguous (a tensor with C == 1 or H == W == 1 is both); any other
+// layout is made contiguous first. mdssd/ops.py's fake kernel applies the same rule.
+inline at::MemoryFormat l2norm_sum_memory_format(const at::Tensor& a) {
+  return a.is_contiguous(at::MemoryFormat::ChannelsLast) && !a.is_contiguous()
+             ? at::MemoryFormat::ChannelsLast
+             : at::MemoryFormat::Contiguous;
+}
+
 inline void check_nms_args(const char* op, const at::Tensor& boxes, const at::Tensor& scores,
                            double iou_threshold) {
   TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, op, ": boxes must be [N,4], got ",

@@ -31,6 +31,29 @@ def test_nms_10k(gen):
     assert torch.equal(ops.nms(boxes, scores, 0.5), reference.nms(boxes, scores, 0.5))
 
 
+@pytest.mark.parametrize("kind", ["mixed_sizes", "grid_fallback"])
+def test_nms_long_lists_match_reference(gen, kind):
+    # From 2048 candidates on, the CPU kernel uses its grid. Mixed sizes, zero-area and inverted
+    # boxes, far-away coordinates; and a mix that makes the grid lists too long (half tiny boxes,
+    # half boxes spanning everything), where the kernel falls back to the plain sweep.
+    n = 3000
+    boxes = clustered_boxes(n, gen, torch.float64, clusters=600)
+    if kind == "mixed_sizes":
+        boxes[::7, 2:] = boxes[::7, :2] + 0.5  # big boxes
+        boxes[::11, 2:] = boxes[::11, :2]  # zero area
+        boxes[::13] = boxes[::13][:, [2, 3, 0, 1]]  # inverted
+        boxes[::17] += 100.0  # far from the rest
+    else:
+        boxes[::2] = boxes[::2] * 0.01
+        boxes[1::2] = torch.tensor([-1.0, -1.0, 2.0, 2.0], dtype=torch.float64) + 0.1 * boxes[1::2]
+    boxes = boxes.float()
+    scores = torch.rand(n, generator=gen)
+    for threshold in (0.0, 0.5):
+        assert torch.equal(ops.nms(boxes, scores, threshold), reference.nms(boxes, scores, threshold))
+    idxs = torch.randint(0, 2, (n,), generator=gen)
+    assert torch.equal(ops.batched_nms(boxes, scores, idxs, 0.5), reference.batched_nms(boxes, scores, idxs, 0.5))
+
+
 def test_nms_100k_is_consistent(gen):
     # 100k boxes: the suppression sweeps run in parallel; check the defining property of the
     # result instead of the (slow) reference: kept boxes never overlap above the threshold and

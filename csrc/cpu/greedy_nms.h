@@ -1,11 +1,18 @@
 // Greedy NMS over candidates already in rank order, shared by nms, batched_nms and
 // ssd_postprocess on CPU. A candidate is dropped when a kept candidate of better rank overlaps
-// it with IoU > threshold. O(N * kept) IoUs; long suppression sweeps run in parallel.
+// it with IoU > threshold.
+//
+// Short lists (a class's top-k in ssd_postprocess) use the plain sweep: O(N * kept) IoUs. Long
+// lists use a uniform grid: with a threshold >= 0, suppression needs a positive intersection, so
+// two boxes can only interact when they share a grid cell, and each kept box only visits the
+// boxes of its own cells. For small objects that is close to linear instead of quadratic; the
+// decisions are exactly those of the plain sweep.
 #pragma once
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <numeric>
 #include <vector>
@@ -24,11 +31,11 @@ std::vector<int64_t> rank_by_score(const T* scores, int64_t n) {
   return order;
 }
 
-// `order` lists box indices (rows of `boxes`, xyxy) in rank order; appends the kept ones to
-// `keep` in rank order. `areas` holds box_area of every row.
+// The plain sweep. `order` lists box indices (rows of `boxes`, xyxy) in rank order; appends the
+// kept ones to `keep` in rank order. `areas` holds box_area of every row.
 template <typename T>
-void greedy_nms(const T* boxes, const T* areas, const int64_t* order, int64_t count, T threshold,
-                std::vector<int64_t>& keep) {
+void greedy_nms_sweep(const T* boxes, const T* areas, const int64_t* order, int64_t count,
+                      T threshold, std::vector<int64_t>& keep) {
   constexpr int64_t kParallelSweep = 16384;  // below this a sweep is cheaper serially
   std::vector<char> suppressed(count, 0);
   for (int64_t i = 0; i < count; ++i) {
@@ -50,6 +57,101 @@ void greedy_nms(const T* boxes, const T* areas, const int64_t* order, int64_t co
       sweep(i + 1, count);
     }
   }
+}
+
+// The grid: cells about the median box size (at most kMaxCells per axis); every box with a
+// positive area is listed, in rank order, in each cell it touches. Returns false (having done
+// nothing) when the lists would be too long, e.g. many boxes spanning the whole image.
+template <typename T>
+bool greedy_nms_grid(const T* boxes, const T* areas, const int64_t* order, int64_t count,
+                     T threshold, std::vector<int64_t>& keep) {
+  constexpr int64_t kMaxCells = 256;
+  constexpr int64_t kMaxEntriesPerBox = 16;
+  double min_x = INFINITY, min_y = INFINITY, max_x = -INFINITY, max_y = -INFINITY;
+  std::vector<double> widths, heights;
+  for (int64_t k = 0; k < count; ++k) {
+    const int64_t b = order[k];
+    if (!(areas[b] > T(0))) continue;  // area 0: IoU 0 with everything, never interacts
+    const T* q = boxes + 4 * b;
+    min_x = std::min<double>(min_x, q[0]);
+    min_y = std::min<double>(min_y, q[1]);
+    max_x = std::max<double>(max_x, q[2]);
+    max_y = std::max<double>(max_y, q[3]);
+    widths.push_back(double(q[2]) - double(q[0]));
+    heights.push_back(double(q[3]) - double(q[1]));
+  }
+  if (widths.empty()) {  // nothing can suppress anything
+    for (int64_t k = 0; k < count; ++k) keep.push_back(order[k]);
+    return true;
+  }
+  auto median = [](std::vector<double>& v) {
+    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+    return v[v.size() / 2];
+  };
+  auto cells_along = [&](double extent, double typical) {
+    const double n = std::floor(extent / std::max(typical, extent / kMaxCells));
+    return std::clamp<int64_t>(static_cast<int64_t>(n), 1, kMaxCells);
+  };
+  const int64_t nx = cells_along(max_x - min_x, median(widths));
+  const int64_t ny = cells_along(max_y - min_y, median(heights));
+  const double sx = nx / (max_x - min_x), sy = ny / (max_y - min_y);
+  // Monotone in the coordinate, which is all the correctness argument needs: two boxes with a
+  // positive intersection both touch the cell of the intersection's corner (max x1, max y1).
+  auto cell_x = [&](T x) { return std::clamp<int64_t>(int64_t((double(x) - min_x) * sx), 0, nx - 1); };
+  auto cell_y = [&](T y) { return std::clamp<int64_t>(int64_t((double(y) - min_y) * sy), 0, ny - 1); };
+  auto for_each_cell = [&](const T* q, auto&& visit) {
+    const int64_t x0 = cell_x(q[0]), x1 = cell_x(q[2]), y1 = cell_y(q[3]);
+    for (int64_t y = cell_y(q[1]); y <= y1; ++y) {
+      for (int64_t x = x0; x <= x1; ++x) visit(y * nx + x);
+    }
+  };
+
+  // Cell lists in CSR form: count, prefix-sum, fill in rank order.
+  std::vector<int64_t> start(nx * ny + 1, 0);
+  for (int64_t k = 0; k < count; ++k) {
+    const int64_t b = order[k];
+    if (areas[b] > T(0)) for_each_cell(boxes + 4 * b, [&](int64_t c) { ++start[c + 1]; });
+  }
+  for (int64_t c = 0; c < nx * ny; ++c) start[c + 1] += start[c];
+  if (start[nx * ny] > kMaxEntriesPerBox * count) return false;
+  std::vector<int64_t> entries(start[nx * ny]);
+  std::vector<int64_t> next(start.begin(), start.end() - 1);
+  for (int64_t k = 0; k < count; ++k) {
+    const int64_t b = order[k];
+    if (areas[b] > T(0)) for_each_cell(boxes + 4 * b, [&](int64_t c) { entries[next[c]++] = k; });
+  }
+
+  std::vector<char> suppressed(count, 0);
+  for (int64_t k = 0; k < count; ++k) {
+    if (suppressed[k]) continue;
+    const int64_t bk = order[k];
+    keep.push_back(bk);
+    if (!(areas[bk] > T(0))) continue;
+    const T* box = boxes + 4 * bk;
+    const T area = areas[bk];
+    for_each_cell(box, [&](int64_t c) {
+      // Lists are in rank order: only the entries after k can be suppressed by k.
+      const int64_t* first = std::upper_bound(entries.data() + start[c], entries.data() + start[c + 1], k);
+      for (const int64_t* e = first; e != entries.data() + start[c + 1]; ++e) {
+        if (suppressed[*e]) continue;
+        const int64_t bj = order[*e];
+        if (box_iou(box, area, boxes + 4 * bj, areas[bj]) > threshold) suppressed[*e] = 1;
+      }
+    });
+  }
+  return true;
+}
+
+// Greedy NMS, choosing the grid for long candidate lists.
+template <typename T>
+void greedy_nms(const T* boxes, const T* areas, const int64_t* order, int64_t count, T threshold,
+                std::vector<int64_t>& keep) {
+  constexpr int64_t kGridFrom = 2048;
+  if (count >= kGridFrom && threshold >= T(0) &&
+      greedy_nms_grid(boxes, areas, order, count, threshold, keep)) {
+    return;
+  }
+  greedy_nms_sweep(boxes, areas, order, count, threshold, keep);
 }
 
 template <typename T>

@@ -36,6 +36,12 @@ struct Layout {
   int64_t offset(int64_t n) const { return n * channels * pixels; }
 };
 
+// Blocks per parallel task: about 64k elements, so that small maps run on one thread (waking
+// OpenMP threads costs more than the work, and much more when the cores are busy).
+int64_t grain_blocks(const Layout& l) {
+  return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, kBlock * l.channels));
+}
+
 Layout layout_of(const at::Tensor& t, bool channels_last) {
   Layout l;
   l.batch = t.size(0);
@@ -47,17 +53,11 @@ Layout layout_of(const at::Tensor& t, bool channels_last) {
   return l;
 }
 
-// channels_last only when `a` is laid out that way and not also plain contiguous (a tensor with
-// C == 1 or H == W == 1 is both); mdssd/ops.py's fake kernel uses the same rule.
-bool is_channels_last(const at::Tensor& a) {
-  return a.is_contiguous(at::MemoryFormat::ChannelsLast) && !a.is_contiguous();
-}
-
 at::Tensor forward_cpu(const at::Tensor& a_in, const at::Tensor& b_in, const at::Tensor& scale_a,
                        const at::Tensor& scale_b, double eps) {
   check_l2norm_sum_args("l2norm_sum", a_in, b_in, scale_a, scale_b, eps);
-  const bool cl = is_channels_last(a_in);
-  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto fmt = l2norm_sum_memory_format(a_in);
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
   const auto a = a_in.contiguous(fmt), b = b_in.contiguous(fmt);
   auto out = at::empty_like(a, fmt);
   if (a.numel() == 0) return out;
@@ -74,7 +74,7 @@ at::Tensor forward_cpu(const at::Tensor& a_in, const at::Tensor& b_in, const at:
     scalar_t* po = out.data_ptr<scalar_t>();
     const acc_t eps_v = static_cast<acc_t>(eps);
 
-    at::parallel_for(0, l.batch * l.blocks_per_image, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, l.batch * l.blocks_per_image, grain_blocks(l), [&](int64_t begin, int64_t end) {
       acc_t ia[kBlock], ib[kBlock];
       for (int64_t blk = begin; blk < end; ++blk) {
         const int64_t n = blk / l.blocks_per_image;
@@ -112,14 +112,9 @@ at::Tensor forward_cpu(const at::Tensor& a_in, const at::Tensor& b_in, const at:
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& a_in, const at::Tensor& b_in,
     const at::Tensor& scale_a, const at::Tensor& scale_b, double eps) {
-  const char* op = "l2norm_sum_backward";
-  check_l2norm_sum_args(op, a_in, b_in, scale_a, scale_b, eps);
-  TORCH_CHECK(grad_in.sizes() == a_in.sizes(), op, ": grad_out must have a's shape ",
-              shape_str(a_in), ", got ", shape_str(grad_in));
-  check_same_dtype(op, "grad_out", grad_in, "a", a_in);
-  check_same_device(op, "grad_out", grad_in, "a", a_in);
-  const bool cl = is_channels_last(a_in);
-  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  check_l2norm_sum_backward_args(grad_in, a_in, b_in, scale_a, scale_b, eps);
+  const auto fmt = l2norm_sum_memory_format(a_in);
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
   const auto a = a_in.contiguous(fmt), b = b_in.contiguous(fmt), g = grad_in.contiguous(fmt);
   auto grad_a = at::empty_like(a, fmt), grad_b = at::empty_like(b, fmt);
   const Layout l = layout_of(a, cl);
@@ -143,7 +138,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     // partial[chunk][0 or 1][c]: per-chunk sums for scale_a and scale_b.
     std::vector<acc_t> partial(num_chunks * 2 * l.channels, acc_t(0));
 
-    at::parallel_for(0, num_chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+    const int64_t grain = (grain_blocks(l) + kBlocksPerChunk - 1) / kBlocksPerChunk;
+    at::parallel_for(0, num_chunks, grain, [&](int64_t chunk_begin, int64_t chunk_end) {
       acc_t inv_a[kBlock], inv_b[kBlock], ta[kBlock], tb[kBlock], ka[kBlock], kb[kBlock];
       for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
         acc_t* psa = partial.data() + chunk * 2 * l.channels;

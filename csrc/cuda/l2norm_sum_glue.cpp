@@ -15,10 +15,6 @@
 namespace mdssd {
 namespace {
 
-bool is_channels_last(const at::Tensor& a) {
-  return a.is_contiguous(at::MemoryFormat::ChannelsLast) && !a.is_contiguous();
-}
-
 cuda::L2NormDType dtype_of(const at::Tensor& t) {
   switch (t.scalar_type()) {
     case at::kHalf:
@@ -43,8 +39,8 @@ at::Tensor forward_cuda(const at::Tensor& a_in, const at::Tensor& b_in, const at
   const char* op = "l2norm_sum";
   check_l2norm_sum_args(op, a_in, b_in, scale_a_in, scale_b_in, eps);
   const c10::DeviceGuard guard(a_in.device());
-  const bool cl = is_channels_last(a_in);
-  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto fmt = l2norm_sum_memory_format(a_in);
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
   const auto a = a_in.contiguous(fmt), b = b_in.contiguous(fmt);
   const auto scale_a = scale_a_in.contiguous(), scale_b = scale_b_in.contiguous();
   auto out = at::empty_like(a, fmt);
@@ -61,15 +57,10 @@ at::Tensor forward_cuda(const at::Tensor& a_in, const at::Tensor& b_in, const at
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cuda(
     const at::Tensor& grad_in, const at::Tensor& a_in, const at::Tensor& b_in,
     const at::Tensor& scale_a_in, const at::Tensor& scale_b_in, double eps) {
-  const char* op = "l2norm_sum_backward";
-  check_l2norm_sum_args(op, a_in, b_in, scale_a_in, scale_b_in, eps);
-  TORCH_CHECK(grad_in.sizes() == a_in.sizes(), op, ": grad_out must have a's shape ",
-              shape_str(a_in), ", got ", shape_str(grad_in));
-  check_same_dtype(op, "grad_out", grad_in, "a", a_in);
-  check_same_device(op, "grad_out", grad_in, "a", a_in);
+  check_l2norm_sum_backward_args(grad_in, a_in, b_in, scale_a_in, scale_b_in, eps);
   const c10::DeviceGuard guard(a_in.device());
-  const bool cl = is_channels_last(a_in);
-  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto fmt = l2norm_sum_memory_format(a_in);
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
   const auto a = a_in.contiguous(fmt), b = b_in.contiguous(fmt), g = grad_in.contiguous(fmt);
   const auto scale_a = scale_a_in.contiguous(), scale_b = scale_b_in.contiguous();
   auto grad_a = at::empty_like(a, fmt), grad_b = at::empty_like(b, fmt);
@@ -85,7 +76,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cuda(
           scale_a.scalar_type() == at::kFloat, eps, grad_a.data_ptr(), grad_b.data_ptr(),
           grad_sa.data_ptr(), grad_sb.data_ptr(), workspace.data_ptr(), shape,
           cuda::current_stream()),
-      op);
+      "l2norm_sum_backward");
   return {grad_a, grad_b, grad_sa, grad_sb};
 }
 
