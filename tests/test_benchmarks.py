@@ -1,0 +1,72 @@
+"""Smoke tests of the benchmark suite: it runs on CPU at --quick sizes and writes its table and
+files, so it keeps working as the ops and the model change. Speed is never asserted here."""
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import inputs, kernels
+from mdssd import reference
+
+
+def _run(tmp_path, capsys, *args):
+    assert kernels.main(["--device", "cpu", "--quick", "--out", str(tmp_path), *args]) == 0
+    stdout = capsys.readouterr().out
+    (json_path,) = tmp_path.glob("cpu-*-quick.json")
+    (md_path,) = tmp_path.glob("cpu-*-quick.md")
+    return stdout, json.loads(json_path.read_text()), md_path.read_text()
+
+
+def test_kernel_suite_quick_all_ops(tmp_path, capsys):
+    stdout, data, md = _run(tmp_path, capsys)
+    rows = data["rows"]
+    assert {r["op"] for r in rows} == {"box_iou", "match_encode", "l2norm_sum fwd", "l2norm_sum bwd",
+                                       "nms", "batched_nms", "ssd_postprocess"}
+    for row in rows:
+        cells = row["cells"]
+        assert cells["ours"]["status"] == "ok" and cells["ours"]["median_ms"] > 0, row
+        # Every contestant is either timed or says why not: nothing is dropped silently.
+        for name in ("reference", "compiled", "torchvision"):
+            cell = cells[name]
+            assert cell["status"] in ("ok", "scaled", "skipped"), (name, row)
+            if cell["status"] == "skipped":
+                assert cell["reason"]
+        assert "DIFF" not in row["check"] and "failed" not in row["check"], row
+        if cells["reference"]["status"] != "skipped":
+            assert row["check"].startswith("ref ok"), row
+        assert row["floor_bytes"] > 0 and row["pct_of_floor"] > 0
+        if row["op"] == "box_iou":  # --quick compiles this op only
+            assert cells["compiled"]["status"] == "ok" and cells["compiled"]["compile_s"] > 0, row
+            assert "compiled ok" in row["check"], row
+    # The capped paths are exercised: a scaled reference (postprocess) and a skipped one (nms).
+    assert any(r["cells"]["reference"]["status"] == "scaled" for r in rows)
+    assert any(r["cells"]["reference"]["status"] == "skipped" for r in rows)
+    assert data["device"]["threads"] == torch.get_num_threads()
+    for text in (stdout, md):
+        assert "compiled ref" in text and "torchvision" in text and "% floor" in text
+        assert "box_iou" in text and "ssd_postprocess" in text
+
+
+def test_torchvision_postprocess_has_the_reference_semantics(gen):
+    # The torchvision contestant is the same function as ssd_postprocess; run it here with the
+    # reference batched_nms in torchvision's place (random scores: no ties).
+    pri, _ = inputs.priors("mdssd300")
+    pri = pri[::8].contiguous()
+    loc, conf = inputs.head_outputs(2, pri.shape[0], 5, gen)
+    ours = kernels.torchvision_postprocess(loc, conf, pri, batched_nms=reference.batched_nms)
+    ref = reference.ssd_postprocess(loc, conf, pri)
+    assert torch.equal(ours[3], ref[3]) and torch.equal(ours[2], ref[2])
+    torch.testing.assert_close(ours[0], ref[0])
+    torch.testing.assert_close(ours[1], ref[1])
+
+
+@pytest.mark.parametrize("name", ["mdssd300", "mdssd512"])
+def test_local_prior_table(name):
+    local = inputs._local_priors(name)
+    assert local.shape == (inputs.NUM_PRIORS[name], 4)
+    assert bool((local[:, 2:] > 0).all()) and bool((local >= 0).all()) and bool((local <= 1).all())
+    model_priors, source = inputs.priors(name)
+    if source == "mdssd.model" and name == "mdssd300":
+        # Both follow SPEC.md's MDSSD300 table: the fallback must be the model's priors.
+        torch.testing.assert_close(local, model_priors)
