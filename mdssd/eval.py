@@ -85,8 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default="synthetic", choices=("synthetic", "voc", "coco", "tt100k"))
     parser.add_argument("--data-root", default=None, help="data set folder (not needed for synthetic)")
     parser.add_argument("--split", default="val", help="val (default) or the data set's own split name")
-    parser.add_argument("--num-images", type=int, default=None, help="synthetic: images in the split")
-    parser.add_argument("--seed", type=int, default=None, help="synthetic: generator seed")
+    parser.add_argument("--num-images", type=int, default=None,
+                        help="synthetic: images in the split (default: as in the training run)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="synthetic: generator seed (default: as in the training run)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
@@ -106,13 +108,16 @@ def _cuda() -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .data import build_source
-    from .inference import load_model
+    from .inference import load_model, read_checkpoint, synthetic_val_options
 
+    checkpoint = read_checkpoint(args.weights)
     options = {}
     if args.data == "synthetic":
-        options = {k: v for k, v in (("num_images", args.num_images), ("seed", args.seed)) if v is not None}
+        # By default the validation set the run was scored on; flags override.
+        options = synthetic_val_options(checkpoint)
+        options.update({k: v for k, v in (("num_images", args.num_images), ("seed", args.seed)) if v is not None})
     source = build_source(args.data, args.data_root, args.split, **options)
-    model, class_names = load_model(args.weights, backend=args.backend, device=args.device)
+    model, class_names = load_model(checkpoint, backend=args.backend, device=args.device)
     if class_names is not None and tuple(class_names) != tuple(source.class_names):
         print(f"mdssd.eval: the checkpoint was trained on classes {list(class_names)}, the data set has "
               f"{list(source.class_names)}", file=sys.stderr)

@@ -14,18 +14,35 @@ from .metrics import Detections
 __all__ = ["load_model", "predict", "predict_images"]
 
 
-def load_model(path: str | Path, backend: str = "ext", device: str | torch.device = "cpu"):
-    """``(model, class_names or None)`` from any checkpoint mdssd writes.
+def read_checkpoint(path: str | Path):
+    """A checkpoint's contents. Training checkpoints hold RNG states and config objects, so they
+    are read with ``weights_only=False``: load only files you trust."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def synthetic_val_options(data) -> dict:
+    """The synthetic validation set a training checkpoint was scored on (size, seed, image
+    sizes), so that ``mdssd.eval`` reproduces the mAP the training run reported; {} for other
+    checkpoints."""
+    config = data.get("config") if isinstance(data, dict) else None
+    if not isinstance(config, dict) or config.get("dataset") != "synthetic":
+        return {}
+    options = {"num_images": config.get("synthetic_val_images"), "seed": config.get("data_seed"),
+               "min_size": config.get("synthetic_min_size"), "max_size": config.get("synthetic_max_size")}
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def load_model(path: str | Path | dict, backend: str = "ext", device: str | torch.device = "cpu"):
+    """``(model, class_names or None)`` from any checkpoint mdssd writes (a path, or its contents
+    already read with :func:`read_checkpoint`).
 
     Accepted layouts: :func:`mdssd.model.save_checkpoint` files (``format: mdssd-checkpoint``),
     training checkpoints (``model_config``, ``model``, ``class_names``), and the plain
-    ``{"model": state_dict, "config": {"name", "num_classes", ...}}``. Training checkpoints hold
-    RNG states and config objects, so they are read with ``weights_only=False``: load only files
-    you trust.
+    ``{"model": state_dict, "config": {"name", "num_classes", ...}}``.
     """
     from .model import Detector, ModelConfig, build_model
 
-    data = torch.load(path, map_location="cpu", weights_only=False)
+    data = path if isinstance(path, dict) else read_checkpoint(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not an mdssd checkpoint (top level is {type(data).__name__})")
     class_names = data.get("class_names")

@@ -138,9 +138,9 @@ class DataBundle:
 
 
 def build_data(cfg: TrainConfig, image_size: int) -> DataBundle:
-    """Train (SSD augmentation) and val (resize) sets. Built from the source rather than with
-    ``mdssd.data.build_dataset``, whose ``seed`` (augmentation) would collide with the synthetic
-    generator's own ``seed`` option."""
+    """Train (SSD augmentation) and val (resize) sets, each from its own source options (the
+    synthetic set's size and image sizes differ per split; see also
+    :func:`mdssd.inference.synthetic_val_options`, which ``mdssd.eval`` uses to rebuild the val set)."""
     from .data import DetectionDataset, Resize, SSDAugment, build_source
 
     def source(split: str, default: str):
