@@ -24,11 +24,12 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        # mkstemp creates the file 0600; give the checkpoint the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)
+        # fdopen first: it owns (and closes) the descriptor whatever fails below.
         with os.fdopen(fd, "wb") as handle:
+            # mkstemp creates the file 0600; give the checkpoint the mode a plain open() would.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_name, 0o666 & ~umask)
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())

@@ -8,7 +8,8 @@ it trains with DDP (NCCL on GPUs, gloo on CPU); rank 0 logs and writes checkpoin
 
 Exact resumption: the data order of epoch ``e`` is a permutation seeded by ``seed + e`` (the
 distributed sampler's), each item's augmentation draws from a generator seeded by
-``(seed, split, epoch, index)``, so the batch at any (epoch, batch) position is a pure function
+``(seed, epoch, index)`` (global RNGs, if a transform used them, by ``(seed, split, epoch,
+index)``), so the batch at any (epoch, batch) position is a pure function
 of the config and can be skipped to; the checkpoint holds model, optimizer, scheduler, AMP
 scaler, that position and the global RNG states of every rank.
 """
@@ -39,7 +40,12 @@ from .schedule import build_scheduler
 CHECKPOINT_FORMAT = 1
 # Fields that define the model and its data; a checkpoint resumed under different values
 # would not continue the same run.
-_MUST_MATCH = ("preset", "batch_norm", "dataset", "seed", "batch_size")
+_MUST_MATCH = ("preset", "batch_norm", "dataset", "data_root", "train_split", "data_seed",
+               "synthetic_train_images", "synthetic_min_size", "synthetic_max_size", "seed",
+               "batch_size", "lr")  # lr: the scheduler's restored base lr would silently win
+# Schedule fields a resumed run may change on purpose (e.g. to train longer): the schedule reads
+# them from the config, so they apply from the resumed step on; the run says so.
+_MAY_CHANGE = ("steps", "epochs", "lr_decay_at", "lr_gamma", "warmup_steps")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -590,6 +596,11 @@ def _check_resumable(state: dict, cfg: TrainConfig, path: Path) -> None:
             raise RuntimeError(
                 f"{path}: cannot resume: checkpoint has {key}={saved.get(key)!r}, this run "
                 f"{key}={getattr(cfg, key)!r}")
+    for key in _MAY_CHANGE:
+        if key in saved and saved[key] != getattr(cfg, key) and distributed.info().is_main:
+            print(f"note: resuming with {key}={getattr(cfg, key)!r} (the checkpoint's run had "
+                  f"{saved[key]!r}); it applies from step {state.get('step')} on",
+                  flush=True)
 
 
 def _load_backbone(model, path: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import atomic_save
 from .backend import Backend
 from .config import ModelConfig
 from .detector import Detector
@@ -18,8 +19,9 @@ VERSION = 1
 def save_checkpoint(model: Detector, path: "str | Path", **extra) -> None:
     """Write ``{"format", "version", "config", "state_dict", "extra"}``; ``extra`` holds whatever the
     caller adds (epoch, optimizer state, ...) as long as ``weights_only`` loading accepts it."""
-    torch.save({"format": FORMAT, "version": VERSION, "config": model.config.to_dict(),
-                "state_dict": model.state_dict(), "extra": extra}, path)
+    # Atomic (temporary file, fsync, os.replace): a crash never leaves a truncated checkpoint.
+    atomic_save({"format": FORMAT, "version": VERSION, "config": model.config.to_dict(),
+                 "state_dict": model.state_dict(), "extra": extra}, path)
 
 
 def load_checkpoint(path: "str | Path", backend: "str | Backend" = "ext", map_location="cpu") -> Detector:

@@ -3,7 +3,7 @@
 Conventions (SSD's):
 
 * targets come from ``backend.match_encode`` (positives: label > 0);
-* per image, the negatives kept are the ``neg_pos_ratio * num_pos`` background priors with the
+* per image, the negatives kept are the ``floor(neg_pos_ratio * num_pos)`` background priors with the
   largest background cross-entropy (ties to the lower prior index; at most all negatives), so an
   image without ground truth contributes nothing to either term;
 * both terms are summed over the batch and divided by the batch's number of positives ``N``,
@@ -41,7 +41,8 @@ def multibox_loss(loc: Tensor, conf: Tensor, loc_target: Tensor, label_target: T
             order = mining.sort(dim=1, descending=True, stable=True).indices
             rank = torch.empty_like(order).scatter_(
                 1, order, torch.arange(num_priors, device=order.device).expand_as(order))
-            num_neg = torch.minimum(config.neg_pos_ratio * num_pos, num_priors - num_pos)
+            # floor(ratio * num_pos) as Caffe-SSD (a non-integer ratio must not round up).
+            num_neg = torch.minimum((config.neg_pos_ratio * num_pos).floor().long(), num_priors - num_pos)
             negative = rank < num_neg[:, None]
         conf_loss = torch.where(positive | negative, ce, 0.0).sum()
         smooth = F.smooth_l1_loss(loc, loc_target, reduction="none", beta=config.smooth_l1_beta).sum(-1)
