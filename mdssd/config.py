@@ -65,8 +65,9 @@ class TrainConfig:
     # 4e-3 with clipping at norm 10 (SPEC's 1e-3 reached 0.04% mAP after 150 steps where this
     # reached 0.5%; 1e-2 unclipped diverged during warm-up). The paper presets use SPEC's 1e-3
     # without clipping (PRESET_DEFAULTS).
-    # Total optimizer steps; setting ``epochs`` instead derives them from the epoch count.
-    steps: Optional[int] = 600
+    # Total optimizer steps; setting ``epochs`` instead derives them from the epoch count. 1000
+    # steps: 12.4 min and 33.0% val mAP on a quiet 2-core CPU, where 600 steps reached 8.8%.
+    steps: Optional[int] = 1000
     epochs: Optional[int] = None
     # Global batch (split evenly over the processes of a torchrun job).
     batch_size: int = 8
@@ -95,7 +96,7 @@ class TrainConfig:
     # Where checkpoints and logs go; null: runs/<preset>.
     out_dir: Optional[str] = None
     # Evaluate every N steps (0: only at the end). The end of training always evaluates.
-    eval_interval: int = 200
+    eval_interval: int = 250
     # Save ``last.pt`` every N steps (0: only at evaluations and at the end).
     checkpoint_interval: int = 100
     log_interval: int = 10
