@@ -37,5 +37,33 @@ __device__ __forceinline__ uint64_t score_key(double s) {
   return (u & sign) ? ~u : (u | sign);
 }
 
+// Greedy NMS inside one 64-box tile of a suppression bit mask, shared by nms and ssd_postprocess.
+// `gone` holds the tile's boxes already removed by kept boxes of earlier tiles; `row(bit)` returns
+// box `bit`'s suppression word for this tile (only the bits of later boxes matter). Walks the
+// boxes in rank order and returns the bits of the kept ones.
+template <typename RowWord>
+__device__ __forceinline__ unsigned long long greedy_tile(unsigned long long gone, int rows,
+                                                          RowWord row) {
+  const unsigned long long valid = rows == 64 ? ~0ull : ((1ull << rows) - 1);
+  unsigned long long kept = 0;
+  unsigned long long open = ~gone & valid;
+  while (open != 0) {
+    const int bit = __ffsll(static_cast<long long>(open)) - 1;
+    kept |= 1ull << bit;
+    gone |= row(bit);
+    open = ~gone & valid & (bit == 63 ? 0ull : (~0ull << (bit + 1)));
+  }
+  return kept;
+}
+
+// out[i] = in[order[i]]: gathers by rank order (group keys, flags).
+template <typename T>
+__global__ void gather_kernel(const T* __restrict__ in, const int64_t* __restrict__ order, int64_t n,
+                              T* __restrict__ out) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  out[i] = in[order[i]];
+}
+
 }  // namespace cuda
 }  // namespace mdssd

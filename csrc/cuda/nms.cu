@@ -81,14 +81,6 @@ __global__ void rank_keys_kernel(const T* __restrict__ scores, int64_t n,
   values[i] = i;
 }
 
-__global__ void group_keys_kernel(const int64_t* __restrict__ idxs,
-                                  const int64_t* __restrict__ order, int64_t n,
-                                  int64_t* __restrict__ group_keys) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= n) return;
-  group_keys[i] = idxs[order[i]];
-}
-
 // Boxes in processing order (perm), with their areas computed exactly as on CPU.
 template <typename T>
 __global__ void gather_boxes_kernel(const T* __restrict__ boxes, const int64_t* __restrict__ perm,
@@ -171,17 +163,8 @@ __global__ void __launch_bounds__(kScanThreads)
     if (tid < rows) diagonal[tid] = tile_rows[tid * width];
     __syncthreads();
     if (tid == 0) {
-      const u64 valid = rows == kTile ? ~0ull : ((1ull << rows) - 1);
-      u64 gone = removed[rb];
-      u64 kept = 0;
-      u64 open = ~gone & valid;
-      while (open != 0) {
-        const int bit = __ffsll(static_cast<long long>(open)) - 1;
-        kept |= 1ull << bit;
-        gone |= diagonal[bit];  // only bits above `bit`: the diagonal tile stores j > i
-        open = ~gone & valid & (bit == kTile - 1 ? 0ull : (~0ull << (bit + 1)));
-      }
-      kept_shared = kept;
+      // The diagonal tile stores only j > i, which is all greedy_tile reads.
+      kept_shared = greedy_tile(removed[rb], rows, [&](int bit) { return diagonal[bit]; });
     }
     __syncthreads();
     const u64 kept = kept_shared;
@@ -219,14 +202,6 @@ __global__ void scatter_flags_kernel(const uint8_t* __restrict__ flag_by_positio
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
   flag_by_index[position_to_index[i]] = flag_by_position[i];
-}
-
-__global__ void gather_flags_kernel(const uint8_t* __restrict__ flag_by_index,
-                                    const int64_t* __restrict__ order, int64_t n,
-                                    uint8_t* __restrict__ flag_by_rank) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= n) return;
-  flag_by_rank[i] = flag_by_index[order[i]];
 }
 
 // Carves the workspace; with base == nullptr it only measures (offsets from 0).
@@ -343,7 +318,7 @@ cudaError_t run(const T* boxes, const T* scores, const int64_t* idxs, int64_t n,
   const int64_t* processing = b.order;
   const int64_t* groups = nullptr;
   if (batched) {
-    group_keys_kernel<<<blocks, kThreads, 0, stream>>>(idxs, b.order, n, b.group_in);
+    gather_kernel<int64_t><<<blocks, kThreads, 0, stream>>>(idxs, b.order, n, b.group_in);
     MDSSD_RETURN_IF_ERROR(static_cast<cudaError_t>(last_launch_error()));
     temp = b.temp_bytes;
     MDSSD_RETURN_IF_ERROR(cub::DeviceRadixSort::SortPairs(b.temp, temp, b.group_in,
@@ -372,8 +347,8 @@ cudaError_t run(const T* boxes, const T* scores, const int64_t* idxs, int64_t n,
     scatter_flags_kernel<<<blocks, kThreads, 0, stream>>>(b.keep_flag, b.grouped, n,
                                                           b.flag_by_index);
     MDSSD_RETURN_IF_ERROR(static_cast<cudaError_t>(last_launch_error()));
-    gather_flags_kernel<<<blocks, kThreads, 0, stream>>>(b.flag_by_index, b.order, n,
-                                                         b.flag_by_rank);
+    gather_kernel<uint8_t><<<blocks, kThreads, 0, stream>>>(b.flag_by_index, b.order, n,
+                                                            b.flag_by_rank);
     MDSSD_RETURN_IF_ERROR(static_cast<cudaError_t>(last_launch_error()));
     flags = b.flag_by_rank;
   }

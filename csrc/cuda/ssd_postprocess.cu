@@ -310,16 +310,8 @@ __global__ void __launch_bounds__(kThreads)
   if (tid < 32) {
     for (int wb = 0; wb < words; ++wb) {
       const int rows = (n - wb * 64 < 64) ? n - wb * 64 : 64;
-      const u64 valid = rows == 64 ? ~0ull : ((1ull << rows) - 1);
-      u64 gone = removed[wb];
-      u64 kept = 0;
-      u64 open = ~gone & valid;
-      while (open != 0) {
-        const int bit = __ffsll(static_cast<long long>(open)) - 1;
-        kept |= 1ull << bit;
-        gone |= mask[(wb * 64 + bit) * words + wb];
-        open = ~gone & valid & (bit == 63 ? 0ull : (~0ull << (bit + 1)));
-      }
+      const u64 kept = greedy_tile(removed[wb], rows,
+                                   [&](int bit) { return mask[(wb * 64 + bit) * words + wb]; });
       if (tid == 0) kept_words[wb] = kept;
       for (int x = wb + 1 + tid; x < words; x += 32) {
         u64 acc = removed[x];
