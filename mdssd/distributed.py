@@ -4,6 +4,7 @@ plain single-process run."""
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -59,9 +60,17 @@ def info() -> DistInfo:
     )
 
 
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(wait_for_peers: bool = False) -> None:
+    """Leave the process group. ``wait_for_peers``: a barrier first (only when every rank is
+    known to reach it). Garbage (a DDP wrapper in a reference cycle holds the group) is collected
+    while the group is still alive, not at interpreter exit, when destroying gloo's work
+    objects can abort the process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()
+    if wait_for_peers:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def barrier() -> None:

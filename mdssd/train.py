@@ -326,11 +326,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     dir). Joins the torchrun process group when launched by torchrun."""
     device_kind = "cuda" if (cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())) else "cpu"
     info = distributed.init(device_kind)
+    finished = False
     try:
-        return _train(cfg, info)
+        summary = _train(cfg, info)
+        finished = True
+        return summary
     finally:
         if info.enabled:
-            distributed.shutdown()
+            # On success every rank waits for the others before tearing the group down, so no
+            # rank closes its connections while a peer is still writing the last checkpoint
+            # (after a failure there is no barrier: the peers may never arrive).
+            distributed.shutdown(wait_for_peers=finished)
 
 
 def _train(cfg: TrainConfig, info: distributed.DistInfo) -> dict[str, Any]:

@@ -129,7 +129,8 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
 @pytest.mark.slow
 def test_ddp_two_processes_gloo(tmp_path):
     single = train_mod.train(tiny(tmp_path / "single", "--steps", "3"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # PYTHONFAULTHANDLER: a rank that dies on a signal prints every thread's Python stack.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONFAULTHANDLER": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "mdssd.train", *TINY, "--steps", "3", "--out-dir", str(tmp_path / "ddp")]
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
