@@ -13,7 +13,11 @@ the argument on every device. Value checks read the data and so run on CPU only:
 infinite boxes/scores, ``gt_counts`` outside ``[0, G]`` and real ground-truth labels below 1 raise
 ``RuntimeError``. On CUDA such values are not checked (a check would synchronise the host); the
 kernels stay memory-safe (counts are clamped to ``[0, G]``) but results involving non-finite
-values are unspecified.
+values are unspecified. What the CUDA kernels do today: ``nms`` ranks every NaN score first (tied
+by index, as the reference's sort); ``ssd_postprocess`` never keeps a prior with a NaN or ``+inf``
+logit (its scores are NaN and fail the threshold), and a NaN ``loc`` gives a NaN box of area 0
+that suppresses nothing. ``l2norm_sum`` checks no values on any device: a NaN channel makes its
+whole pixel NaN, as in the reference.
 """
 
 from __future__ import annotations

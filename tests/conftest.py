@@ -2,6 +2,7 @@
 
 import os
 import random
+import zlib
 
 import pytest
 import torch
@@ -19,7 +20,8 @@ def gen(request):
     """A torch.Generator seeded from the run seed and the test's name: fresh inputs every run,
     reproducible with MDSSD_TEST_SEED."""
     g = torch.Generator()
-    g.manual_seed(SEED ^ (hash(request.node.nodeid) & 0x7FFFFFFF))
+    # crc32, not hash(): str hashes are salted per process, so they would not repeat a run.
+    g.manual_seed(SEED ^ (zlib.crc32(request.node.nodeid.encode()) & 0x7FFFFFFF))
     return g
 
 

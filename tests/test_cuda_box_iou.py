@@ -107,6 +107,19 @@ def test_misaligned_and_strided_inputs(gen, dtype, m):
     check(t1, b2)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [33_000, 32_771])  # tiled (M % 4 == 0) and flat; N * M > 2^30
+def test_64bit_indices(gen, n):
+    # Outputs over 2^30 elements take the int64 index path (4.4 GB of float32 IoUs); a few rows,
+    # the first, middle and last, are checked against the CPU kernel bit for bit.
+    if torch.cuda.get_device_properties(0).total_memory < 12 * 2**30:
+        pytest.skip("needs 12 GiB of GPU memory")
+    b1, b2 = random_boxes(n, gen), random_boxes(n, gen)
+    out = ops.box_iou(b1.cuda(), b2.cuda())
+    rows = torch.tensor([0, 1, n // 2, n - 2, n - 1])
+    torch.testing.assert_close(out[rows.cuda()].cpu(), ops.box_iou(b1[rows], b2), rtol=0, atol=0)
+
+
 def test_output_is_deterministic(gen):
     b1 = random_boxes(200, gen, batch=3).cuda()
     b2 = random_boxes(300, gen, batch=3).cuda()

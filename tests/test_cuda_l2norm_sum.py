@@ -193,12 +193,45 @@ def test_gradcheck(gen, channels_last):
     assert torch.autograd.gradcheck(lambda *x: ops.l2norm_sum(*x, 1e-10), inputs)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("channels", [32, 300])
+def test_clamp_with_small_nonzero_norms(gen, dtype, channels_last, channels):
+    # Pixels with 0 < ||x|| < eps must drop the norm term of the gradient; all-zero pixels cannot
+    # show it (x * k = 0 for any k). Unscaled norms ~ sqrt(C) > eps, scaled ones ~ 0.1 sqrt(C).
+    a, b, sa, sb = make_inputs(gen, (2, channels, 6, 7), dtype, channels_last)
+    a[:, :, ::2] *= 0.1
+    b[:, :, 1::2] *= 0.1
+    eps = 0.4 * channels ** 0.5
+    check_forward(a, b, sa, sb, eps)
+    check_backward(a, b, sa, sb, eps)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("channels", [16, 300])
+def test_nan_spreads_over_its_pixel_only(gen, channels_last, channels):
+    # As on CPU: max(NaN, eps) is NaN, so a NaN channel makes the whole pixel NaN (fmax would
+    # return eps and give finite values ~ x / eps).
+    a, b, sa, sb = make_inputs(gen, (2, channels, 3, 4), torch.float32, channels_last)
+    a[1, channels // 2, 1, 2] = float("nan")
+    out = ops.l2norm_sum(a, b, sa, sb)
+    nan_pixel = torch.zeros(2, 1, 3, 4, dtype=torch.bool, device="cuda")
+    nan_pixel[1, 0, 1, 2] = True
+    assert out.isnan().equal(nan_pixel.expand_as(out))
+    grad = torch.ones_like(out)
+    cuda = torch.ops.mdssd.l2norm_sum_backward(grad, a, b, sa, sb, 1e-10)
+    cpu = torch.ops.mdssd.l2norm_sum_backward(grad.cpu(), a.cpu(), b.cpu(), sa.cpu(), sb.cpu(), 1e-10)
+    assert cuda[0].isnan().equal(nan_pixel.expand_as(a))
+    for x, y in zip(cuda, cpu):
+        torch.testing.assert_close(x.cpu(), y, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("channels", [64, 300])
 def test_backward_is_deterministic(gen, channels_last, channels):
     # More than 1024 tiles (NCHW 15 * 79 = 1185 tiles of 32 pixels, NHWC 15 * 157 = 2355 of 16),
     # so each backward block accumulates several tiles, across image boundaries, into its row of
-    # partials (a last block with fewer tiles, too): checked for values and for repeatability.
+    # partials (in NCHW the last block has fewer tiles): checked for values and repeatability.
     a, b, sa, sb = make_inputs(gen, (15, channels, 50, 50), torch.float32, channels_last)
     check_backward(a, b, sa, sb)
     grad = torch.randn_like(a)

@@ -113,6 +113,34 @@ def test_exact_ties(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_ties_across_warps_and_blocks(gen, dtype):
+    # 7 distinct priors repeated 700 times (4,900 priors, 3 blocks of 2,048): every best prior
+    # ties with copies in other lanes, warps and prior blocks, and the lowest index must win;
+    # ground truths 10..19 repeat 0..9, so ground-truth ties too.
+    priors = random_priors(7, gen, dtype).repeat(700, 1)
+    boxes, labels, counts = make_targets(2, 20, gen, dtype, counts=[20, 20])
+    boxes[:, 10:] = boxes[:, :10]
+    check(priors, boxes, labels, counts)
+
+
+def test_misaligned_priors(gen):
+    # A priors pointer off 16-byte alignment takes the scalar load path.
+    priors = random_priors(3000, gen)
+    storage = torch.empty(priors.numel() + 1, device="cuda")
+    storage[1:].copy_(priors.reshape(-1))
+    misaligned = storage[1:].view(priors.shape)
+    assert misaligned.is_contiguous() and misaligned.data_ptr() % 16 != 0
+    check(misaligned, *make_targets(3, 20, gen))
+
+
+@pytest.mark.slow
+def test_more_images_than_grid_rows(gen):
+    # 70,000 images > 65,535 grid rows: blocks loop over images in steps of gridDim.y.
+    priors = random_priors(5, gen)
+    check(priors, *make_targets(70_000, 2, gen), with_reference=False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_degenerate_ground_truths_force_nothing(gen, dtype):
     priors = random_priors(400, gen, dtype)
     boxes = torch.tensor(

@@ -126,6 +126,51 @@ def test_batched_nms_groups_never_interact():
     assert ops.batched_nms(box, scores, idxs, 0.5).tolist() == [0, 1, 3]
 
 
+def test_batched_nms_no_coordinate_offset():
+    # torchvision's trick (offset each group by idx * (max + 1)) collapses these float32 boxes to
+    # zero area at an offset of ~5e7 (ulp 4), so nothing would be suppressed.
+    boxes = torch.tensor([[0.1, 0.1, 0.5, 0.5], [0.1, 0.1, 0.5, 0.52]]).repeat(2, 1)
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    idxs = torch.tensor([0, 0, 2**25, 2**25])
+    cpu, cuda = run_both(ops.batched_nms, boxes, scores, idxs, 0.5)
+    assert cuda.tolist() == cpu.tolist() == [0, 2]
+
+
+@pytest.mark.parametrize("num_groups", [2, 20, 500])
+def test_batched_nms_many_tiles_per_group(num_groups):
+    # 20k small boxes (most kept): groups span many 64-box tiles and tiles span several groups,
+    # so the mask kernel skips the tiles past a row tile's last group and the scan must stop
+    # exactly there (it would read unwritten words otherwise).
+    gen = torch.Generator().manual_seed(31 + num_groups)
+    n = 20_000
+    boxes = random_boxes(n, gen, torch.float32, min_size=0.005, max_size=0.05)
+    scores = tie_free_scores(n, gen, torch.float32)
+    idxs = torch.randint(0, num_groups, (n,), generator=gen)
+    cpu, cuda = run_both(ops.batched_nms, boxes, scores, idxs, 0.3)
+    torch.testing.assert_close(cuda, cpu, rtol=0, atol=0)
+
+
+def test_nms_more_tiles_than_scan_threads():
+    # 1027 tiles > 1024 scan threads: each scan thread ORs more than one column tile (~340 MB
+    # mask). Small boxes, so most are kept and the scan does real work.
+    gen = torch.Generator().manual_seed(13)
+    n = 64 * 1026 + 1
+    boxes = random_boxes(n, gen, torch.float32, min_size=0.002, max_size=0.01)
+    scores = tie_free_scores(n, gen, torch.float32)
+    cpu, cuda = run_both(ops.nms, boxes, scores, 0.5)
+    torch.testing.assert_close(cuda, cpu, rtol=0, atol=0)
+
+
+def test_nan_scores_rank_first_like_the_reference():
+    # Non-finite scores are rejected on CPU and unchecked on CUDA; there, every NaN (either sign,
+    # any payload) ranks first, tied by index, as in the reference's sort.
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.9, 1.0],
+                          [0.5, 0.5, 0.6, 0.6]], device="cuda")
+    scores = torch.tensor([0.5, float("nan"), -float("nan"), 0.3], device="cuda")
+    got = ops.nms(boxes, scores, 0.5)
+    assert got.tolist() == reference.nms(boxes.cpu(), scores.cpu(), 0.5).tolist() == [1, 3]
+
+
 def test_non_contiguous_inputs():
     gen = torch.Generator().manual_seed(5)
     boxes = random_boxes(500, gen, torch.float32).cuda()

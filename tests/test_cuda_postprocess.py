@@ -78,7 +78,7 @@ def assert_same_sets(got, want, dtype, max_unmatched_fraction=0.005):
     for b in range(gb.shape[0]):
         n_got, n_want = int(gc[b]), int(wc[b])
         assert abs(n_got - n_want) <= max(2, int(max_unmatched_fraction * n_want))
-        same_label = gl[b, :n_want, None] == gl[b, None, :n_got]
+        same_label = wl[b, :n_want, None] == gl[b, None, :n_got]
         close_box = (wb[b, :n_want, None, :] - gb[b, None, :n_got, :]).abs().amax(-1) <= 1e-5
         close_score = (ws[b, :n_want, None] - gs[b, None, :n_got]).abs() <= 1e-5
         matched = (same_label & close_box & close_score).any(dim=1)
@@ -126,9 +126,12 @@ def test_parameters(dtype, kwargs):
 def test_large_top_k_uses_global_scratch(dtype):
     # top_k 1000: the per-(image, class) candidates and mask (> 46 KB) live in global memory;
     # top_k 3000: the mask has 47 words per row (more than warp 0's 32 lanes);
-    # keep_top_k 5000: the per-image merge scratch lives in global memory too.
+    # keep_top_k 5000: the per-image merge scratch lives in global memory too;
+    # iou_threshold 1 (nothing suppressed): 3 x 2000 kept for 3000 slots, so the merge in global
+    # memory runs its full selection instead of taking every kept detection.
     loc, conf, priors = make_inputs(2, 4000, 4, dtype, seed=9, logit_scale=1.0)
-    for kwargs in (dict(top_k_per_class=1000), dict(top_k_per_class=3000, keep_top_k=5000)):
+    for kwargs in (dict(top_k_per_class=1000), dict(top_k_per_class=3000, keep_top_k=5000),
+                   dict(top_k_per_class=2000, keep_top_k=3000, iou_threshold=1.0)):
         cuda = run(loc, conf, priors, "cuda", **kwargs)
         cpu = run(loc, conf, priors, "cpu", **kwargs)
         assert_same_rows(cuda, cpu, dtype)
@@ -177,8 +180,8 @@ def test_edge_cases(dtype):
     far = loc.clone()
     far[..., :2] = 1000.0
     assert_same_rows(run(far, conf, priors, "cuda"), run(far, conf, priors, "cpu"), dtype)
-    # Non-contiguous inputs.
-    wide_conf = torch.cat([conf, conf], dim=2)[..., 5:]
+    # Non-contiguous inputs (sliced on the device: a copy to the device would be contiguous).
+    wide_conf = torch.cat([conf, conf], dim=2).cuda()[..., 5:]
     assert not wide_conf.is_contiguous()
     assert_same_rows(run(loc, wide_conf, priors, "cuda"), run(loc, conf, priors, "cpu"), dtype)
 

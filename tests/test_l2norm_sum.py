@@ -39,8 +39,12 @@ def test_forward_matches_reference(gen, dtype, channels_last, shape):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_backward_matches_autograd_of_reference(gen, dtype, channels_last):
-    a, b, sa, sb = inputs((2, 64, 9, 11), gen, dtype, channels_last, requires_grad=True)
+# Full and partial 64-pixel blocks; channel counts that do and do not fill the 8 partial sums.
+# (Not C = 1: there dx = s g (1 - x^2 / n^2) / n cancels exactly, and float32 rounding leaves
+# ~1e-7 s g / n, beyond a fixed tolerance when |x| is small.)
+@pytest.mark.parametrize("shape", [(2, 64, 9, 11), (3, 13, 10, 13), (1, 5, 1, 1)])
+def test_backward_matches_autograd_of_reference(gen, dtype, channels_last, shape):
+    a, b, sa, sb = inputs(shape, gen, dtype, channels_last, requires_grad=True)
     grad = torch.randn(a.shape, generator=gen).to(dtype)
     ours = torch.autograd.grad(ops.l2norm_sum(a, b, sa, sb, 1e-10), (a, b, sa, sb), grad)
     ref = torch.autograd.grad(reference.l2norm_sum(a, b, sa, sb, 1e-10), (a, b, sa, sb), grad)
@@ -94,6 +98,25 @@ def test_scale_gradient_is_deterministic(gen):
             torch.set_num_threads(previous)
         for x, y in zip(first, again):
             assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_nan_spreads_over_its_pixel_only(gen, channels_last):
+    # max(NaN, eps) is NaN (as torch's clamp_min): a NaN channel makes its pixel's outputs and
+    # a-gradients NaN, never a finite value divided by eps; other pixels stay finite.
+    a, b, sa, sb = inputs((2, 12, 3, 4), gen, channels_last=channels_last)
+    a[1, 5, 1, 2] = float("nan")
+    for t in (a, b, sa, sb):
+        t.requires_grad_(True)
+    out = ops.l2norm_sum(a, b, sa, sb)
+    nan_pixel = torch.zeros(2, 1, 3, 4, dtype=torch.bool)
+    nan_pixel[1, 0, 1, 2] = True
+    assert out.isnan().equal(nan_pixel.expand_as(out))
+    grads = torch.autograd.grad(out, (a, b, sa, sb), torch.ones_like(out))
+    assert grads[0].isnan().equal(nan_pixel.expand_as(a)) and grads[1].isfinite().all()
+    ref = torch.autograd.grad(reference.l2norm_sum(a, b, sa, sb), (a, b, sa, sb), torch.ones_like(out))
+    for x, y in zip(grads, ref):
+        torch.testing.assert_close(x, y, equal_nan=True)
 
 
 def test_empty():

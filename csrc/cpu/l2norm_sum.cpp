@@ -3,9 +3,8 @@
 //   out[c] = sa[c] * a[c] / na + sb[c] * b[c] / nb,   na = max(||a||, eps) over channels per pixel
 //
 // Work is split into blocks of up to kBlock pixels of one image; every block reads each input
-// element once per pass (two passes: norms, then outputs). NCHW and channels_last are both read
-// in place; other strides are made contiguous first. Accumulation is float32 for half/bfloat16/
-// float32 inputs and float64 for float64 (at::opmath_type).
+// element from memory once (a second pass over the block hits the cache). Accumulation is
+// float32 for half/bfloat16/float32 inputs and float64 for float64 (at::opmath_type).
 //
 // Backward, with n = max(||x||, eps), t = sum_k s_k g_k x_k:
 //   dx[c] = (s[c] g[c] - x[c] t / n^2) / n   when ||x|| >= eps (the norm is live),
@@ -13,12 +12,20 @@
 //   ds[c] = sum over images and pixels of g[c] x[c] / n.
 // The scale gradients are reduced deterministically: fixed chunks of blocks each write partial
 // sums, which are then added in chunk order, so the result does not depend on the thread count.
+//
+// Two loop orders, one per memory format, so that the innermost loop always walks contiguous
+// memory and the compiler vectorises it: NCHW walks the pixels of one channel, channels_last the
+// channels of one pixel. Sums along the innermost loop use kLanes independent partial sums
+// (compilers do not reorder a plain float sum into vector lanes without -ffast-math); the order
+// is fixed, so results stay bitwise reproducible. Other strides are made contiguous first.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "checks.h"
@@ -28,12 +35,48 @@ namespace {
 
 constexpr int64_t kBlock = 64;            // pixels per block
 constexpr int64_t kBlocksPerChunk = 16;   // blocks per partial sum of the scale gradients
+constexpr int kLanes = 8;                 // partial sums per vectorised reduction
+
+// sum_{i < n} term(i) as kLanes interleaved partial sums added pairwise at the end.
+template <typename acc_t, typename Term>
+inline acc_t lane_sum(int64_t n, const Term& term) {
+  acc_t lane[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) lane[j] += term(i + j);
+  for (int j = 0; i + j < n; ++j) lane[j] += term(i + j);
+  for (int width = kLanes / 2; width > 0; width /= 2)
+    for (int j = 0; j < width; ++j) lane[j] += lane[j + width];
+  return lane[0];
+}
+
+// Conversions between the storage type and the accumulation type. bfloat16 (the CPU autocast
+// type) is converted with plain integer operations, which the compiler vectorises (c10's
+// conversion is not): the same values, round-to-nearest-even and a quiet NaN as c10 does.
+template <typename T>
+inline at::opmath_type<T> to_acc(T v) { return static_cast<at::opmath_type<T>>(v); }
+inline float to_acc(c10::BFloat16 v) {
+  const uint32_t bits = static_cast<uint32_t>(v.x) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+template <typename T>
+inline T from_acc(at::opmath_type<T> v) { return static_cast<T>(v); }
+template <>
+inline c10::BFloat16 from_acc<c10::BFloat16>(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  return c10::BFloat16(static_cast<uint16_t>(f != f ? 0x7FC0u : rounded), c10::BFloat16::from_bits());
+}
 
 struct Layout {
-  int64_t batch, channels, pixels;
-  int64_t c_stride, p_stride;  // element strides of a channel and of a pixel within one image
-  int64_t blocks_per_image;
-  int64_t offset(int64_t n) const { return n * channels * pixels; }
+  int64_t batch, channels, pixels, blocks_per_image;
+  // Element offset of pixel p0 of image n (channel 0).
+  int64_t base(int64_t n, int64_t p0, bool channels_last) const {
+    return n * channels * pixels + p0 * (channels_last ? channels : 1);
+  }
 };
 
 // Blocks per parallel task: about 64k elements, so that small maps run on one thread (waking
@@ -42,16 +85,152 @@ int64_t grain_blocks(const Layout& l) {
   return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, kBlock * l.channels));
 }
 
-Layout layout_of(const at::Tensor& t, bool channels_last) {
+Layout layout_of(const at::Tensor& t) {
   Layout l;
   l.batch = t.size(0);
   l.channels = t.size(1);
   l.pixels = t.size(2) * t.size(3);
-  l.c_stride = channels_last ? 1 : l.pixels;
-  l.p_stride = channels_last ? l.channels : 1;
   l.blocks_per_image = (l.pixels + kBlock - 1) / kBlock;
   return l;
 }
+
+template <typename scalar_t>
+struct Args {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t *a, *b, *g;  // g: the output gradient (backward only)
+  scalar_t *out_a, *out_b;    // forward: out_a; backward: grad_a, grad_b
+  const acc_t *sa, *sb;
+  acc_t eps;
+  int64_t channels, pixels;   // pixels: the channel stride in NCHW
+};
+
+// ---- forward ---------------------------------------------------------------------------------
+
+template <typename scalar_t>
+void forward_block_nchw(const Args<scalar_t>& p, int64_t base, int64_t np) {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t ia[kBlock] = {}, ib[kBlock] = {};
+  for (int64_t c = 0; c < p.channels; ++c) {
+    const scalar_t* x = p.a + base + c * p.pixels;
+    const scalar_t* y = p.b + base + c * p.pixels;
+    for (int64_t i = 0; i < np; ++i) {
+      const acc_t xv = to_acc(x[i]), yv = to_acc(y[i]);
+      ia[i] += xv * xv;
+      ib[i] += yv * yv;
+    }
+  }
+  for (int64_t i = 0; i < np; ++i) {
+    ia[i] = acc_t(1) / std::max(std::sqrt(ia[i]), p.eps);
+    ib[i] = acc_t(1) / std::max(std::sqrt(ib[i]), p.eps);
+  }
+  for (int64_t c = 0; c < p.channels; ++c) {
+    const int64_t off = base + c * p.pixels;
+    const acc_t sa = p.sa[c], sb = p.sb[c];
+    for (int64_t i = 0; i < np; ++i)
+      p.out_a[off + i] = from_acc<scalar_t>(sa * to_acc(p.a[off + i]) * ia[i] +
+                                            sb * to_acc(p.b[off + i]) * ib[i]);
+  }
+}
+
+template <typename scalar_t>
+void forward_block_channels_last(const Args<scalar_t>& p, int64_t base, int64_t np) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t C = p.channels;
+  for (int64_t i = 0; i < np; ++i) {
+    const scalar_t* x = p.a + base + i * C;
+    const scalar_t* y = p.b + base + i * C;
+    const acc_t ssa = lane_sum<acc_t>(C, [&](int64_t c) { const acc_t v = to_acc(x[c]); return v * v; });
+    const acc_t ssb = lane_sum<acc_t>(C, [&](int64_t c) { const acc_t v = to_acc(y[c]); return v * v; });
+    const acc_t ia = acc_t(1) / std::max(std::sqrt(ssa), p.eps);
+    const acc_t ib = acc_t(1) / std::max(std::sqrt(ssb), p.eps);
+    scalar_t* o = p.out_a + base + i * C;
+    for (int64_t c = 0; c < C; ++c)
+      o[c] = from_acc<scalar_t>(p.sa[c] * to_acc(x[c]) * ia + p.sb[c] * to_acc(y[c]) * ib);
+  }
+}
+
+// ---- backward --------------------------------------------------------------------------------
+
+// From a pixel's squared norm and t: 1/n, and k = t / n^3 when the norm is live (0 when the
+// clamp holds, so dx = s g / n).
+template <typename acc_t>
+inline void backward_coefficients(acc_t sumsq, acc_t t, acc_t eps, acc_t& inv, acc_t& k) {
+  const acc_t norm = std::sqrt(sumsq);
+  const acc_t n = std::max(norm, eps);
+  k = norm >= eps ? t / (n * n * n) : acc_t(0);
+  inv = acc_t(1) / n;
+}
+
+// psa/psb: this chunk's scale-gradient partial sums, added to.
+template <typename scalar_t>
+void backward_block_nchw(const Args<scalar_t>& p, int64_t base, int64_t np,
+                         at::opmath_type<scalar_t>* psa, at::opmath_type<scalar_t>* psb) {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t inv_a[kBlock] = {}, inv_b[kBlock] = {}, ta[kBlock] = {}, tb[kBlock] = {};
+  acc_t ka[kBlock], kb[kBlock], prod_a[kBlock], prod_b[kBlock];
+  // Pass 1: squared norms and t = sum_k s_k g_k x_k.
+  for (int64_t c = 0; c < p.channels; ++c) {
+    const int64_t off = base + c * p.pixels;
+    const acc_t sa = p.sa[c], sb = p.sb[c];
+    for (int64_t i = 0; i < np; ++i) {
+      const acc_t x = to_acc(p.a[off + i]);
+      const acc_t y = to_acc(p.b[off + i]);
+      const acc_t gr = to_acc(p.g[off + i]);
+      inv_a[i] += x * x;
+      inv_b[i] += y * y;
+      ta[i] += sa * gr * x;
+      tb[i] += sb * gr * y;
+    }
+  }
+  for (int64_t i = 0; i < np; ++i) {
+    backward_coefficients(inv_a[i], ta[i], p.eps, inv_a[i], ka[i]);
+    backward_coefficients(inv_b[i], tb[i], p.eps, inv_b[i], kb[i]);
+  }
+  // Pass 2: input gradients and the scale-gradient partial sums.
+  for (int64_t c = 0; c < p.channels; ++c) {
+    const int64_t off = base + c * p.pixels;
+    const acc_t sa = p.sa[c], sb = p.sb[c];
+    for (int64_t i = 0; i < np; ++i) {
+      const acc_t x = to_acc(p.a[off + i]);
+      const acc_t y = to_acc(p.b[off + i]);
+      const acc_t gr = to_acc(p.g[off + i]);
+      p.out_a[off + i] = from_acc<scalar_t>(sa * gr * inv_a[i] - x * ka[i]);
+      p.out_b[off + i] = from_acc<scalar_t>(sb * gr * inv_b[i] - y * kb[i]);
+      prod_a[i] = gr * x * inv_a[i];
+      prod_b[i] = gr * y * inv_b[i];
+    }
+    psa[c] += lane_sum<acc_t>(np, [&](int64_t i) { return prod_a[i]; });
+    psb[c] += lane_sum<acc_t>(np, [&](int64_t i) { return prod_b[i]; });
+  }
+}
+
+template <typename scalar_t>
+void backward_block_channels_last(const Args<scalar_t>& p, int64_t base, int64_t np,
+                                  at::opmath_type<scalar_t>* psa, at::opmath_type<scalar_t>* psb) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t C = p.channels;
+  for (int64_t i = 0; i < np; ++i) {
+    const int64_t off = base + i * C;
+    const scalar_t *x = p.a + off, *y = p.b + off, *gr = p.g + off;
+    const acc_t ssa = lane_sum<acc_t>(C, [&](int64_t c) { return to_acc(x[c]) * to_acc(x[c]); });
+    const acc_t ssb = lane_sum<acc_t>(C, [&](int64_t c) { return to_acc(y[c]) * to_acc(y[c]); });
+    const acc_t ta = lane_sum<acc_t>(C, [&](int64_t c) { return p.sa[c] * to_acc(gr[c]) * to_acc(x[c]); });
+    const acc_t tb = lane_sum<acc_t>(C, [&](int64_t c) { return p.sb[c] * to_acc(gr[c]) * to_acc(y[c]); });
+    acc_t inv_a, inv_b, ka, kb;
+    backward_coefficients(ssa, ta, p.eps, inv_a, ka);
+    backward_coefficients(ssb, tb, p.eps, inv_b, kb);
+    scalar_t *da = p.out_a + off, *db = p.out_b + off;
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t xv = to_acc(x[c]), yv = to_acc(y[c]), gv = to_acc(gr[c]);
+      da[c] = from_acc<scalar_t>(p.sa[c] * gv * inv_a - xv * ka);
+      db[c] = from_acc<scalar_t>(p.sb[c] * gv * inv_b - yv * kb);
+      psa[c] += gv * xv * inv_a;
+      psb[c] += gv * yv * inv_b;
+    }
+  }
+}
+
+// ---- ops -------------------------------------------------------------------------------------
 
 at::Tensor forward_cpu(const at::Tensor& a_in, const at::Tensor& b_in, const at::Tensor& scale_a,
                        const at::Tensor& scale_b, double eps) {
@@ -61,48 +240,22 @@ at::Tensor forward_cpu(const at::Tensor& a_in, const at::Tensor& b_in, const at:
   const auto a = a_in.contiguous(fmt), b = b_in.contiguous(fmt);
   auto out = at::empty_like(a, fmt);
   if (a.numel() == 0) return out;
-  const Layout l = layout_of(a, cl);
+  const Layout l = layout_of(a);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "l2norm_sum_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto sa_t = scale_a.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const auto sb_t = scale_b.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    const acc_t* sa = sa_t.data_ptr<acc_t>();
-    const acc_t* sb = sb_t.data_ptr<acc_t>();
-    const scalar_t* pa = a.data_ptr<scalar_t>();
-    const scalar_t* pb = b.data_ptr<scalar_t>();
-    scalar_t* po = out.data_ptr<scalar_t>();
-    const acc_t eps_v = static_cast<acc_t>(eps);
-
+    const Args<scalar_t> p{a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), nullptr,
+                           out.data_ptr<scalar_t>(), nullptr, sa_t.data_ptr<acc_t>(),
+                           sb_t.data_ptr<acc_t>(), static_cast<acc_t>(eps), l.channels, l.pixels};
     at::parallel_for(0, l.batch * l.blocks_per_image, grain_blocks(l), [&](int64_t begin, int64_t end) {
-      acc_t ia[kBlock], ib[kBlock];
       for (int64_t blk = begin; blk < end; ++blk) {
-        const int64_t n = blk / l.blocks_per_image;
         const int64_t p0 = (blk % l.blocks_per_image) * kBlock;
         const int64_t np = std::min(kBlock, l.pixels - p0);
-        const int64_t base = l.offset(n) + p0 * l.p_stride;
-        for (int64_t i = 0; i < np; ++i) ia[i] = ib[i] = 0;
-        for (int64_t c = 0; c < l.channels; ++c) {
-          const int64_t off = base + c * l.c_stride;
-          for (int64_t i = 0; i < np; ++i) {
-            const acc_t x = static_cast<acc_t>(pa[off + i * l.p_stride]);
-            const acc_t y = static_cast<acc_t>(pb[off + i * l.p_stride]);
-            ia[i] += x * x;
-            ib[i] += y * y;
-          }
-        }
-        for (int64_t i = 0; i < np; ++i) {
-          ia[i] = acc_t(1) / std::max(std::sqrt(ia[i]), eps_v);
-          ib[i] = acc_t(1) / std::max(std::sqrt(ib[i]), eps_v);
-        }
-        for (int64_t c = 0; c < l.channels; ++c) {
-          const int64_t off = base + c * l.c_stride;
-          for (int64_t i = 0; i < np; ++i) {
-            const int64_t e = off + i * l.p_stride;
-            po[e] = static_cast<scalar_t>(sa[c] * static_cast<acc_t>(pa[e]) * ia[i] +
-                                          sb[c] * static_cast<acc_t>(pb[e]) * ib[i]);
-          }
-        }
+        const int64_t base = l.base(blk / l.blocks_per_image, p0, cl);
+        if (cl) forward_block_channels_last(p, base, np);
+        else forward_block_nchw(p, base, np);
       }
     });
   });
@@ -117,7 +270,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
   const auto a = a_in.contiguous(fmt), b = b_in.contiguous(fmt), g = grad_in.contiguous(fmt);
   auto grad_a = at::empty_like(a, fmt), grad_b = at::empty_like(b, fmt);
-  const Layout l = layout_of(a, cl);
+  const Layout l = layout_of(a);
   const int64_t num_blocks = l.batch * l.blocks_per_image;
   const int64_t num_chunks = (num_blocks + kBlocksPerChunk - 1) / kBlocksPerChunk;
   at::Tensor grad_sa, grad_sb;
@@ -127,70 +280,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
     const auto sa_t = scale_a.to(acc_type).contiguous();
     const auto sb_t = scale_b.to(acc_type).contiguous();
-    const acc_t* sa = sa_t.data_ptr<acc_t>();
-    const acc_t* sb = sb_t.data_ptr<acc_t>();
-    const scalar_t* pa = a.data_ptr<scalar_t>();
-    const scalar_t* pb = b.data_ptr<scalar_t>();
-    const scalar_t* pg = g.data_ptr<scalar_t>();
-    scalar_t* pga = grad_a.data_ptr<scalar_t>();
-    scalar_t* pgb = grad_b.data_ptr<scalar_t>();
-    const acc_t eps_v = static_cast<acc_t>(eps);
+    const Args<scalar_t> p{a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
+                           grad_a.data_ptr<scalar_t>(), grad_b.data_ptr<scalar_t>(),
+                           sa_t.data_ptr<acc_t>(), sb_t.data_ptr<acc_t>(), static_cast<acc_t>(eps),
+                           l.channels, l.pixels};
     // partial[chunk][0 or 1][c]: per-chunk sums for scale_a and scale_b.
     std::vector<acc_t> partial(num_chunks * 2 * l.channels, acc_t(0));
 
     const int64_t grain = (grain_blocks(l) + kBlocksPerChunk - 1) / kBlocksPerChunk;
     at::parallel_for(0, num_chunks, grain, [&](int64_t chunk_begin, int64_t chunk_end) {
-      acc_t inv_a[kBlock], inv_b[kBlock], ta[kBlock], tb[kBlock], ka[kBlock], kb[kBlock];
       for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
         acc_t* psa = partial.data() + chunk * 2 * l.channels;
         acc_t* psb = psa + l.channels;
         const int64_t blk_end = std::min(num_blocks, (chunk + 1) * kBlocksPerChunk);
         for (int64_t blk = chunk * kBlocksPerChunk; blk < blk_end; ++blk) {
-          const int64_t n = blk / l.blocks_per_image;
           const int64_t p0 = (blk % l.blocks_per_image) * kBlock;
           const int64_t np = std::min(kBlock, l.pixels - p0);
-          const int64_t base = l.offset(n) + p0 * l.p_stride;
-          for (int64_t i = 0; i < np; ++i) inv_a[i] = inv_b[i] = ta[i] = tb[i] = 0;
-          // Pass 1: squared norms and t = sum_k s_k g_k x_k.
-          for (int64_t c = 0; c < l.channels; ++c) {
-            const int64_t off = base + c * l.c_stride;
-            for (int64_t i = 0; i < np; ++i) {
-              const int64_t e = off + i * l.p_stride;
-              const acc_t x = static_cast<acc_t>(pa[e]);
-              const acc_t y = static_cast<acc_t>(pb[e]);
-              const acc_t gr = static_cast<acc_t>(pg[e]);
-              inv_a[i] += x * x;
-              inv_b[i] += y * y;
-              ta[i] += sa[c] * gr * x;
-              tb[i] += sb[c] * gr * y;
-            }
-          }
-          // k = t / (n^2 * n) when the norm is live, 0 when the clamp holds.
-          for (int64_t i = 0; i < np; ++i) {
-            const acc_t norm_a = std::sqrt(inv_a[i]), norm_b = std::sqrt(inv_b[i]);
-            const acc_t na = std::max(norm_a, eps_v), nb = std::max(norm_b, eps_v);
-            ka[i] = norm_a >= eps_v ? ta[i] / (na * na * na) : acc_t(0);
-            kb[i] = norm_b >= eps_v ? tb[i] / (nb * nb * nb) : acc_t(0);
-            inv_a[i] = acc_t(1) / na;
-            inv_b[i] = acc_t(1) / nb;
-          }
-          // Pass 2: input gradients and the scale-gradient partial sums.
-          for (int64_t c = 0; c < l.channels; ++c) {
-            const int64_t off = base + c * l.c_stride;
-            acc_t sum_a = 0, sum_b = 0;
-            for (int64_t i = 0; i < np; ++i) {
-              const int64_t e = off + i * l.p_stride;
-              const acc_t x = static_cast<acc_t>(pa[e]);
-              const acc_t y = static_cast<acc_t>(pb[e]);
-              const acc_t gr = static_cast<acc_t>(pg[e]);
-              pga[e] = static_cast<scalar_t>(sa[c] * gr * inv_a[i] - x * ka[i]);
-              pgb[e] = static_cast<scalar_t>(sb[c] * gr * inv_b[i] - y * kb[i]);
-              sum_a += gr * x * inv_a[i];
-              sum_b += gr * y * inv_b[i];
-            }
-            psa[c] += sum_a;
-            psb[c] += sum_b;
-          }
+          const int64_t base = l.base(blk / l.blocks_per_image, p0, cl);
+          if (cl) backward_block_channels_last(p, base, np, psa, psb);
+          else backward_block_nchw(p, base, np, psa, psb);
         }
       }
     });

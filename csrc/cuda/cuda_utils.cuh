@@ -24,13 +24,16 @@ inline int last_launch_error() { return static_cast<int>(cudaGetLastError()); }
 
 // Unsigned key whose ascending order is the score order, for radix sorts and selections; -0 and
 // +0 get the same key (they compare equal on CPU, so their order must come from the index, as
-// for any tie).
+// for any tie). Every NaN gets the largest key, whatever its sign and payload: NaNs rank first,
+// tied among themselves, as in the reference's sort.
 __device__ __forceinline__ uint32_t score_key(float s) {
+  if (s != s) return 0xFFFFFFFFu;
   uint32_t u = __float_as_uint(s);
   if (u == 0x80000000u) u = 0u;
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 __device__ __forceinline__ uint64_t score_key(double s) {
+  if (s != s) return ~0ull;
   uint64_t u = static_cast<uint64_t>(__double_as_longlong(s));
   const uint64_t sign = 0x8000000000000000ull;
   if (u == sign) u = 0u;

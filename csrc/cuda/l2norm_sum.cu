@@ -143,6 +143,13 @@ __device__ __forceinline__ void sum_over_channels(acc_t (&v)[K], acc_t* scratch)
   }
 }
 
+// max(norm, eps) with std::max's NaN behaviour: a NaN norm stays NaN, as on CPU and in torch's
+// clamp_min (fmax, which device max() becomes, would return eps and hide the NaN).
+template <typename acc_t>
+__device__ __forceinline__ acc_t clamp_norm(acc_t norm, acc_t eps) {
+  return norm < eps ? eps : norm;
+}
+
 struct Geometry {
   int64_t channels, pixels, tiles_per_image, num_tiles;
 };
@@ -201,8 +208,8 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
     __syncthreads();  // scales staged
     sum_over_channels<kChannelsLast>(ss, s_scratch);
-    const acc_t inv_a = acc_t(1) / max(sqrt(ss[0]), eps);
-    const acc_t inv_b = acc_t(1) / max(sqrt(ss[1]), eps);
+    const acc_t inv_a = acc_t(1) / clamp_norm(sqrt(ss[0]), eps);
+    const acc_t inv_b = acc_t(1) / clamp_norm(sqrt(ss[1]), eps);
 #pragma unroll
     for (int k = 0; k < kPerThread; ++k) {
       const int c = lane + Map::kLanes * k;
@@ -219,8 +226,8 @@ __global__ void __launch_bounds__(kThreads, 2)
       }
     }
     sum_over_channels<kChannelsLast>(ss, s_scratch);
-    const acc_t inv_a = acc_t(1) / max(sqrt(ss[0]), eps);
-    const acc_t inv_b = acc_t(1) / max(sqrt(ss[1]), eps);
+    const acc_t inv_a = acc_t(1) / clamp_norm(sqrt(ss[0]), eps);
+    const acc_t inv_b = acc_t(1) / clamp_norm(sqrt(ss[1]), eps);
     if (valid) {
       for (int64_t c = lane; c < C; c += Map::kLanes) {
         const acc_t x = to_acc(a[base + c * cs]), y = to_acc(b[base + c * cs]);
@@ -239,7 +246,7 @@ template <typename acc_t>
 __device__ __forceinline__ void backward_stats(acc_t sum_sq, acc_t t, acc_t eps, acc_t& inv,
                                                acc_t& k) {
   const acc_t norm = sqrt(sum_sq);
-  const acc_t n = max(norm, eps);
+  const acc_t n = clamp_norm(norm, eps);
   k = norm >= eps ? t / (n * n * n) : acc_t(0);
   inv = acc_t(1) / n;
 }

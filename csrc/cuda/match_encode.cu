@@ -50,7 +50,7 @@ constexpr int kGtChunk = 128;           // ground truths staged in shared memory
 constexpr unsigned kNone = 0xffffffffu;  // "no prior": loses every tie against a real index
 constexpr int kMaxGridY = 65535;
 
-__device__ __forceinline__ int clamp_count(const int64_t* counts, int b, int num_gt) {
+__device__ __forceinline__ int clamp_count(const int64_t* counts, int64_t b, int num_gt) {
   const int64_t c = counts[b];
   return c < 0 ? 0 : (c > num_gt ? num_gt : static_cast<int>(c));
 }
@@ -144,7 +144,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 2 : 1)
     area[k] = box_area(box[k][0], box[k][1], box[k][2], box[k][3]);
   }
 
-  for (int b = blockIdx.y; b < batch; b += gridDim.y) {
+  for (int64_t b = blockIdx.y; b < batch; b += gridDim.y) {  // int64: b + gridDim.y never wraps
     const int n = clamp_count(gt_counts, b, num_gt);
     const T* gts = gt_boxes + 4 * static_cast<int64_t>(b) * num_gt;
     T best[kPriorsPerThread];
@@ -227,7 +227,7 @@ __global__ void __launch_bounds__(kThreads)
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int p_first = blockIdx.x * kPriorsPerBlock;
 
-  for (int b = blockIdx.y; b < batch; b += gridDim.y) {
+  for (int64_t b = blockIdx.y; b < batch; b += gridDim.y) {  // int64: b + gridDim.y never wraps
     const int n = clamp_count(gt_counts, b, num_gt);
     __syncthreads();  // the previous image's reads of s_forced are done
     for (int i = tid; i < kPriorsPerBlock; i += kThreads) s_forced[i] = -1;

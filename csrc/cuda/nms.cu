@@ -107,6 +107,12 @@ __global__ void __launch_bounds__(kTile)
                     u64* __restrict__ mask) {
   const int64_t col = blockIdx.x, row = blockIdx.y;
   if (col < row) return;  // whole block: the lower triangle is neither stored nor read
+  if (groups != nullptr) {
+    // Whole block: the column tile starts past the row tile's last group, so (groups sorted)
+    // no pair meets; nms_scan_kernel stops before such tiles and never reads them.
+    const int64_t row_last = ((row + 1) * kTile < n ? (row + 1) * kTile : n) - 1;
+    if (groups[col * kTile] > groups[row_last]) return;
+  }
   __shared__ T col_boxes[kTile * 4];
   __shared__ T col_areas[kTile];
   __shared__ int64_t col_groups[kTile];
@@ -144,10 +150,11 @@ __global__ void __launch_bounds__(kTile)
 }
 
 // The greedy pass over the mask (see the file comment). keep_flag[k] = 1 when the k-th box of the
-// processing order is kept.
+// processing order is kept. For batched_nms (`groups` not null) a row tile's kept boxes only
+// reach the column tiles that start within its last group: later tiles were never written.
 __global__ void __launch_bounds__(kScanThreads)
-    nms_scan_kernel(const u64* __restrict__ mask, int64_t n, int64_t tiles,
-                    u64* __restrict__ removed_global, bool removed_in_shared,
+    nms_scan_kernel(const u64* __restrict__ mask, const int64_t* __restrict__ groups, int64_t n,
+                    int64_t tiles, u64* __restrict__ removed_global, bool removed_in_shared,
                     uint8_t* __restrict__ keep_flag) {
   extern __shared__ u64 removed_shared[];
   __shared__ u64 diagonal[kTile];
@@ -170,7 +177,10 @@ __global__ void __launch_bounds__(kScanThreads)
     const u64 kept = kept_shared;
     if (tid < rows) keep_flag[rb * kTile + tid] = static_cast<uint8_t>((kept >> tid) & 1ull);
     if (kept != 0) {
+      const int64_t last_group = groups != nullptr ? groups[rb * kTile + rows - 1] : 0;
       for (int64_t x = rb + 1 + tid; x < tiles; x += kScanThreads) {
+        // Same test as nms_mask_kernel's skip; sorted groups make every later tile skipped too.
+        if (groups != nullptr && groups[x * kTile] > last_group) break;
         const u64* column = tile_rows + (x - rb);
         u64 acc = removed[x];
         u64 pending = kept;
@@ -337,7 +347,7 @@ cudaError_t run(const T* boxes, const T* scores, const int64_t* idxs, int64_t n,
   MDSSD_RETURN_IF_ERROR(static_cast<cudaError_t>(last_launch_error()));
   const bool removed_in_shared = tiles <= kScanSharedWords;
   const size_t scan_shared = removed_in_shared ? static_cast<size_t>(tiles) * sizeof(u64) : 0;
-  nms_scan_kernel<<<1, kScanThreads, scan_shared, stream>>>(b.mask, n, tiles, b.removed,
+  nms_scan_kernel<<<1, kScanThreads, scan_shared, stream>>>(b.mask, groups, n, tiles, b.removed,
                                                             removed_in_shared, b.keep_flag);
   MDSSD_RETURN_IF_ERROR(static_cast<cudaError_t>(last_launch_error()));
 

@@ -29,7 +29,15 @@ at::Tensor run_nms(const char* op, const at::Tensor& boxes_in, const at::Tensor&
 
   int64_t workspace_bytes = 0;
   cuda::check_launch(cuda::nms_workspace_bytes(n, is_double, batched, &workspace_bytes), op);
-  auto workspace = at::empty({workspace_bytes}, boxes.options().dtype(at::kByte));
+  at::Tensor workspace;
+  try {
+    workspace = at::empty({workspace_bytes}, boxes.options().dtype(at::kByte));
+  } catch (const c10::OutOfMemoryError& e) {
+    // Name the cause: the workspace grows as n^2 (625 MB at 100k boxes, ~78 GB at 1.1M).
+    TORCH_CHECK_WITH(OutOfMemoryError, false, op, ": ", n, " boxes need ", workspace_bytes,
+                     " bytes of GPU workspace (the IoU bit mask takes about n^2/16 bytes): ",
+                     e.what());
+  }
   auto out = at::empty({n}, index_options);
   auto count = at::empty({1}, index_options);
   cuda::check_launch(

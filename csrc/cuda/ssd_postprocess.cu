@@ -212,8 +212,10 @@ __global__ void __launch_bounds__(kDecodeThreads)
   const int64_t b = row / num_priors, p = row - b * num_priors;
   const T* logits = conf + row * num_classes;
   // Same operations in the same order as the CPU kernel: max, then a left-to-right sum, all in
-  // float64 and rounded to T at the end, so the probabilities are the correctly rounded ones on
-  // every backend (see exp_rounded in box_math.h).
+  // float64 and rounded to T at the end (see exp_rounded in box_math.h). float32 results agree
+  // with the CPU bit for bit except when the float64 values straddle a float32 rounding boundary
+  // (rare: CUDA's double exp is within 1 ulp, not always correctly rounded); float64 results
+  // may differ in the last bit. The tests allow for both.
   double max_logit = logits[0];
   for (int k = 1; k < num_classes; ++k) {
     const double x = logits[k];
@@ -285,23 +287,25 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
 
   // Mask word (i, w): bit j says candidate w*64+j (> i) has IoU > threshold with candidate i.
-  // Words left of i's own are never read, so they are not computed.
+  // Words left of i's own are never read, so they are not computed. Work items run i fastest,
+  // so the lanes of a warp share w and read the same candidate j at the same time (a shared
+  // memory broadcast; with w fastest, lanes would read boxes 64 apart, in the same bank).
   const int mask_words = n * words;
   for (int t = tid; t < mask_words; t += kThreads) {
-    const int i = t / words, w = t - i * words;
+    const int w = t / n, i = t - w * n;
     if (w < (i >> 6)) continue;
     const T* a = cand_boxes + 4 * i;
     const T x1 = a[0], y1 = a[1], x2 = a[2], y2 = a[3], area = cand_areas[i];
-    const int j0 = (w * 64 > i + 1) ? w * 64 : i + 1;
     const int j1 = (w * 64 + 64 < n) ? w * 64 + 64 : n;
     u64 bits = 0;
-    for (int j = j0; j < j1; ++j) {
+    for (int j = w * 64; j < j1; ++j) {
+      if (j <= i) continue;  // a per-lane skip, so the lanes stay on the same j
       const T* c = cand_boxes + 4 * j;
       if (box_iou(x1, y1, x2, y2, area, c[0], c[1], c[2], c[3], cand_areas[j]) > iou_threshold) {
         bits |= 1ull << (j - w * 64);
       }
     }
-    mask[t] = bits;
+    mask[i * words + w] = bits;
   }
   __syncthreads();
 
@@ -493,7 +497,7 @@ cudaError_t run(const T* loc, const T* conf, const T* priors, const Sizes& z, do
   }
   const int64_t lists = z.batch * z.num_fg;
   if (lists > 0) {
-    const bool in_shared = w.nms_scratch == nullptr;
+    const bool in_shared = w.nms_scratch_bytes <= kSharedBudget;  // as decided in the layout
     class_nms_kernel<T><<<static_cast<unsigned>(lists), kThreads,
                           in_shared ? w.nms_scratch_bytes : 0, stream>>>(
         w.scores, w.boxes, static_cast<int>(z.num_priors), static_cast<int>(z.num_fg), z.cap,
@@ -501,7 +505,7 @@ cudaError_t run(const T* loc, const T* conf, const T* priors, const Sizes& z, do
         w.kept_prior, w.kept_count);
     MDSSD_RETURN_IF_ERROR(static_cast<cudaError_t>(last_launch_error()));
   }
-  const bool merge_in_shared = w.merge_scratch == nullptr;
+  const bool merge_in_shared = w.merge_scratch_bytes <= kSharedBudget;
   merge_kernel<T><<<static_cast<unsigned>(z.batch), kThreads,
                     merge_in_shared ? w.merge_scratch_bytes : 0, stream>>>(
       w.boxes, w.kept_score, w.kept_prior, w.kept_count, z.num_priors,
