@@ -36,14 +36,25 @@ MDSSD_HD T max0(T x) {
   return x > T(0) ? x : T(0);
 }
 
-// Area of an xyxy box; an inverted box (x2 < x1 or y2 < y1) has area 0.
+// max(x, 0) that keeps a NaN (like torch's clamp(min=0), which the reference uses for areas).
+template <typename T>
+MDSSD_HD T max0_keep_nan(T x) {
+  return x > T(0) || x != x ? x : T(0);
+}
+
+// Area of an xyxy box; an inverted box (x2 < x1 or y2 < y1) has area 0. A box with a NaN
+// coordinate has a NaN area, as in the reference: box_iou then returns 0 for every pair it is
+// in (its union is NaN), so such a box (ssd_postprocess decodes one from a zero-size prior and
+// an overflowing offset) neither suppresses nor is suppressed by anything.
 template <typename T>
 MDSSD_HD T box_area(T x1, T y1, T x2, T y2) {
-  return mul_rn(max0(x2 - x1), max0(y2 - y1));
+  return mul_rn(max0_keep_nan(x2 - x1), max0_keep_nan(y2 - y1));
 }
 
 // IoU of two xyxy boxes given their areas: inter / ((area_a + area_b) - inter), 0 when the union
-// is 0 (never NaN).
+// is 0 or NaN (never NaN). A NaN area (box_area of a box with a NaN coordinate) makes the union
+// NaN; without that, the comparisons below would take the other box's coordinates for the NaN
+// ones and give an IoU that can exceed 1.
 template <typename T>
 MDSSD_HD T box_iou(T ax1, T ay1, T ax2, T ay2, T area_a, T bx1, T by1, T bx2, T by2, T area_b) {
   const T w = max0((ax2 < bx2 ? ax2 : bx2) - (ax1 > bx1 ? ax1 : bx1));

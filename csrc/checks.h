@@ -7,12 +7,46 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
+#include <limits>
 #include <string>
 
 namespace mdssd {
 
 inline std::string shape_str(const at::Tensor& t) {
   return c10::str(t.sizes());
+}
+
+// Scalar arguments arrive as double but the kernels compute with them in their own type: float32
+// for float32 data (and for the float32 accumulation of float16/bfloat16), float64 for float64.
+// Range checks test that value, the one the kernel uses: 1e-50 is positive as a double but 0 as
+// a float32.
+inline double kernel_scalar(double v, at::ScalarType compute) {
+  if (compute == at::kDouble || !std::isfinite(v)) return v;
+  if (std::fabs(v) > std::numeric_limits<float>::max()) {
+    return std::copysign(std::numeric_limits<double>::infinity(), v);  // the cast would be UB
+  }
+  return static_cast<double>(static_cast<float>(v));
+}
+
+// `v` for an error message, with the kernel's value when rounding changed it.
+inline std::string scalar_str(double v, at::ScalarType compute) {
+  const double used = kernel_scalar(v, compute);
+  if (used == v || (std::isnan(used) && std::isnan(v))) return c10::str(v);
+  return c10::str(v, " (", used, " in float32)");
+}
+
+// The compute type of l2norm_sum for data of type t.
+inline at::ScalarType l2norm_compute_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void check_variances(const char* op, double variance_xy, double variance_wh,
+                            at::ScalarType compute) {
+  const double vxy = kernel_scalar(variance_xy, compute), vwh = kernel_scalar(variance_wh, compute);
+  TORCH_CHECK(vxy > 0 && vwh > 0 && std::isfinite(vxy) && std::isfinite(vwh), op,
+              ": variances must be positive and finite, got ", scalar_str(variance_xy, compute),
+              " and ", scalar_str(variance_wh, compute));
 }
 
 inline void check_float_boxes(const char* op, const char* name, const at::Tensor& t) {
@@ -69,10 +103,11 @@ inline void check_match_encode_args(const at::Tensor& priors, const at::Tensor& 
   check_same_device(op, "priors", priors, "gt_boxes", gt_boxes);
   check_same_device(op, "priors", priors, "gt_labels", gt_labels);
   check_same_device(op, "priors", priors, "gt_counts", gt_counts);
-  TORCH_CHECK(iou_threshold > 0 && iou_threshold <= 1, op, ": iou_threshold must be in (0, 1], got ",
-              iou_threshold);
-  TORCH_CHECK(variance_xy > 0 && variance_wh > 0, op, ": variances must be positive, got ",
-              variance_xy, " and ", variance_wh);
+  const auto compute = priors.scalar_type();
+  const double thr = kernel_scalar(iou_threshold, compute);
+  TORCH_CHECK(thr > 0 && thr <= 1, op, ": iou_threshold must be in (0, 1], got ",
+              scalar_str(iou_threshold, compute));
+  check_variances(op, variance_xy, variance_wh, compute);
 }
 
 inline void check_l2norm_sum_args(const char* op, const at::Tensor& a, const at::Tensor& b,
@@ -97,7 +132,9 @@ inline void check_l2norm_sum_args(const char* op, const at::Tensor& a, const at:
   check_same_device(op, "a", a, "b", b);
   check_same_device(op, "a", a, "scale_a", scale_a);
   check_same_device(op, "a", a, "scale_b", scale_b);
-  TORCH_CHECK(eps > 0, op, ": eps must be positive, got ", eps);
+  const auto compute = l2norm_compute_type(a.scalar_type());
+  TORCH_CHECK(kernel_scalar(eps, compute) > 0, op, ": eps must be positive, got ",
+              scalar_str(eps, compute));
 }
 
 inline void check_l2norm_sum_backward_args(const at::Tensor& grad_out, const at::Tensor& a,
@@ -129,8 +166,9 @@ inline void check_nms_args(const char* op, const at::Tensor& boxes, const at::Te
   check_float_boxes(op, "boxes", boxes);
   check_same_dtype(op, "boxes", boxes, "scores", scores);
   check_same_device(op, "boxes", boxes, "scores", scores);
-  TORCH_CHECK(iou_threshold >= 0 && iou_threshold <= 1, op, ": iou_threshold must be in [0, 1], got ",
-              iou_threshold);
+  const double thr = kernel_scalar(iou_threshold, boxes.scalar_type());
+  TORCH_CHECK(thr >= 0 && thr <= 1, op, ": iou_threshold must be in [0, 1], got ",
+              scalar_str(iou_threshold, boxes.scalar_type()));
 }
 
 inline void check_batched_nms_args(const at::Tensor& boxes, const at::Tensor& scores,
@@ -162,12 +200,14 @@ inline void check_ssd_postprocess_args(const at::Tensor& loc, const at::Tensor& 
   check_same_dtype(op, "loc", loc, "priors", priors);
   check_same_device(op, "loc", loc, "conf", conf);
   check_same_device(op, "loc", loc, "priors", priors);
-  TORCH_CHECK(variance_xy > 0 && variance_wh > 0, op, ": variances must be positive, got ",
-              variance_xy, " and ", variance_wh);
-  TORCH_CHECK(score_threshold >= 0 && score_threshold < 1, op,
-              ": score_threshold must be in [0, 1), got ", score_threshold);
-  TORCH_CHECK(iou_threshold >= 0 && iou_threshold <= 1, op, ": iou_threshold must be in [0, 1], got ",
-              iou_threshold);
+  const auto compute = loc.scalar_type();
+  check_variances(op, variance_xy, variance_wh, compute);
+  const double score_thr = kernel_scalar(score_threshold, compute);
+  TORCH_CHECK(score_thr >= 0 && score_thr < 1, op, ": score_threshold must be in [0, 1), got ",
+              scalar_str(score_threshold, compute));
+  const double iou_thr = kernel_scalar(iou_threshold, compute);
+  TORCH_CHECK(iou_thr >= 0 && iou_thr <= 1, op, ": iou_threshold must be in [0, 1], got ",
+              scalar_str(iou_threshold, compute));
   TORCH_CHECK(top_k_per_class >= 1, op, ": top_k_per_class must be >= 1, got ", top_k_per_class);
   TORCH_CHECK(keep_top_k >= 1, op, ": keep_top_k must be >= 1, got ", keep_top_k);
 }

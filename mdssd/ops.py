@@ -15,8 +15,16 @@ infinite boxes/scores, ``gt_counts`` outside ``[0, G]`` and real ground-truth la
 kernels stay memory-safe (counts are clamped to ``[0, G]``) but results involving non-finite
 values are unspecified. What the CUDA kernels do today: ``nms`` ranks every NaN score first (tied
 by index, as the reference's sort); ``ssd_postprocess`` never keeps a prior with a NaN or ``+inf``
-logit (its scores are NaN and fail the threshold), and a NaN ``loc`` gives a NaN box of area 0
-that suppresses nothing. ``l2norm_sum`` checks no values on any device: a NaN channel makes its
+logit (its scores are NaN and fail the threshold), and a NaN ``loc`` gives a NaN box.
+
+A box with a NaN coordinate has IoU 0 with every box on every backend, as in the reference (its
+area and union are NaN): it neither suppresses nor is suppressed. ``ssd_postprocess`` can decode
+one from finite inputs (a zero-size prior times an overflowing ``exp``, or a centre and size
+that both overflow); such a detection is kept like any other, with its NaN box.
+
+Scalar arguments are checked as the kernels use them: rounded to float32 for float32 data (and
+for ``l2norm_sum``'s float32 accumulation of float16/bfloat16), so ``eps=1e-50`` (0 in float32)
+is rejected as not positive. ``l2norm_sum`` checks no values on any device: a NaN channel makes its
 whole pixel NaN, as in the reference.
 """
 

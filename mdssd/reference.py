@@ -8,7 +8,8 @@ Conventions shared by all ops:
 
 * boxes are ``(x1, y1, x2, y2)``; priors are ``(cx, cy, w, h)``; label 0 is background.
 * A box with ``x2 < x1`` or ``y2 < y1`` (inverted) has area 0, exactly like a zero-area box.
-* IoU of a pair whose union is 0 is 0, never NaN.
+* IoU of a pair whose union is 0 is 0, never NaN; so is the IoU of a pair with a NaN
+  coordinate (its area and union are NaN), so a NaN box neither suppresses nor is suppressed.
 * Every ranking is by descending score with ties to the lower index; every "best" is the first
   maximum (lowest index).
 """
@@ -128,7 +129,7 @@ def match_encode(
     prior_boxes = point_form(priors)
     for b in range(batch):
         n = int(gt_counts[b])
-        if n == 0:
+        if n == 0 or num_priors == 0:  # nothing to match (no ground truth or no prior)
             continue
         iou = box_iou(gt_boxes[b, :n], prior_boxes)  # [n, P]
         best_prior = iou.argmax(dim=1)  # first maximum: lowest prior index
@@ -229,8 +230,10 @@ def ssd_postprocess(
     out_scores = conf.new_zeros(batch, keep_top_k)
     out_labels = torch.full((batch, keep_top_k), -1, dtype=torch.long, device=loc.device)
     out_counts = torch.zeros(batch, dtype=torch.long, device=loc.device)
+    empty = torch.zeros(0, dtype=torch.long, device=loc.device)
     for b in range(batch):
-        picked_prior, picked_score, picked_label = [], [], []
+        # Start from empty lists so that K = 1 (background only) gives no detections.
+        picked_prior, picked_score, picked_label = [empty], [conf.new_zeros(0)], [empty]
         for c in range(1, num_classes):
             scores = scores_all[b, :, c]
             candidates = torch.nonzero(scores > score_threshold)[:, 0]

@@ -6,10 +6,20 @@
 // element from memory once (a second pass over the block hits the cache). Accumulation is
 // float32 for half/bfloat16/float32 inputs and float64 for float64 (at::opmath_type).
 //
-// Backward, with n = max(||x||, eps), t = sum_k s_k g_k x_k:
-//   dx[c] = (s[c] g[c] - x[c] t / n^2) / n   when ||x|| >= eps (the norm is live),
-//   dx[c] = s[c] g[c] / eps                  otherwise (the clamp is constant),
-//   ds[c] = sum over images and pixels of g[c] x[c] / n.
+// Backward, with n = max(||x||, eps), t = sum_k s_k g_k x_k, the unit vector u = x / n and
+// tu = t / n = sum_k s_k g_k u_k:
+//   dx[c] = (s[c] g[c] - u[c] tu) / n   when ||x|| >= eps (the norm is live),
+//   dx[c] = s[c] g[c] / eps             otherwise (the clamp is constant: tu = 0),
+//   ds[c] = sum over images and pixels of g[c] u[c].
+// Written with u and tu, no intermediate grows like a power of n: t / n^3 overflows float32 for
+// norms above ~7e12 and underflows below ~5e-14; |u| <= 1 and |tu| <= max |s g| * sqrt(C).
+//
+// Tiny eps: a pixel whose norm is clamped to an eps below the smallest normal number would
+// overflow 1/n (inf, and 0 * inf = NaN for an all-zero pixel). A live norm is never that small
+// (a norm that is not 0 is at least the square root of the smallest subnormal, ~3.7e-23 in
+// float32), so only clamped pixels of calls with such an eps are affected. They are computed
+// with an exact power-of-two scaling: x / n = (x * m) * (1 / (n * m)), m = kTinyScale. Only such
+// calls take the loops that apply it (kTiny), so the usual loops are unchanged.
 // The scale gradients are reduced deterministically: fixed chunks of blocks each write partial
 // sums, which are then added in chunk order, so the result does not depend on the thread count.
 //
@@ -26,6 +36,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
@@ -41,6 +53,26 @@ template <typename T>
 constexpr int64_t kBlock = 256 / static_cast<int64_t>(sizeof(T));
 constexpr int64_t kBlocksPerChunk = 16;   // blocks per partial sum of the scale gradients
 constexpr int kLanes = 8;                 // partial sums per vectorised reduction
+
+// The tiny-eps scaling (see the top of the file): pixels with n below the smallest normal number
+// are scaled by m = 2^64 (float) or 2^512 (double), so that 1 / (n m) is finite.
+template <typename acc_t>
+constexpr acc_t kTinyScale = acc_t(0x1p64);
+template <>
+constexpr double kTinyScale<double> = 0x1p512;
+
+template <typename acc_t>
+bool is_tiny_eps(acc_t eps) {
+  return eps < std::numeric_limits<acc_t>::min();
+}
+
+// For a pixel with clamped norm n: the scale m (1 unless the tiny-eps loops apply it) and
+// 1 / (n m). Left as plain 1/n otherwise, so that the usual loops do not change.
+template <bool kTiny, typename acc_t>
+inline acc_t inverse_norm(acc_t n, acc_t& pre) {
+  pre = kTiny && n < std::numeric_limits<acc_t>::min() ? kTinyScale<acc_t> : acc_t(1);
+  return acc_t(1) / (kTiny ? n * pre : n);
+}
 
 // sum_{i < n} term(i) as kLanes interleaved partial sums added pairwise at the end.
 template <typename acc_t, typename Term>
@@ -112,10 +144,11 @@ struct Args {
 
 // ---- forward ---------------------------------------------------------------------------------
 
-template <typename scalar_t>
+template <bool kTiny, typename scalar_t>
 void forward_block_nchw(const Args<scalar_t>& p, int64_t base, int64_t np) {
   using acc_t = at::opmath_type<scalar_t>;
   acc_t ia[kBlock<scalar_t>] = {}, ib[kBlock<scalar_t>] = {};
+  acc_t pa[kBlock<scalar_t>], pb[kBlock<scalar_t>];  // tiny-eps scales (kTiny only)
   for (int64_t c = 0; c < p.channels; ++c) {
     const scalar_t* x = p.a + base + c * p.pixels;
     const scalar_t* y = p.b + base + c * p.pixels;
@@ -126,19 +159,25 @@ void forward_block_nchw(const Args<scalar_t>& p, int64_t base, int64_t np) {
     }
   }
   for (int64_t i = 0; i < np; ++i) {
-    ia[i] = acc_t(1) / std::max(std::sqrt(ia[i]), p.eps);
-    ib[i] = acc_t(1) / std::max(std::sqrt(ib[i]), p.eps);
+    ia[i] = inverse_norm<kTiny>(std::max(std::sqrt(ia[i]), p.eps), pa[i]);
+    ib[i] = inverse_norm<kTiny>(std::max(std::sqrt(ib[i]), p.eps), pb[i]);
   }
   for (int64_t c = 0; c < p.channels; ++c) {
     const int64_t off = base + c * p.pixels;
     const acc_t sa = p.sa[c], sb = p.sb[c];
-    for (int64_t i = 0; i < np; ++i)
-      p.out_a[off + i] = from_acc<scalar_t>(sa * to_acc(p.a[off + i]) * ia[i] +
-                                            sb * to_acc(p.b[off + i]) * ib[i]);
+    if constexpr (kTiny) {
+      for (int64_t i = 0; i < np; ++i)
+        p.out_a[off + i] = from_acc<scalar_t>(sa * (to_acc(p.a[off + i]) * pa[i]) * ia[i] +
+                                              sb * (to_acc(p.b[off + i]) * pb[i]) * ib[i]);
+    } else {
+      for (int64_t i = 0; i < np; ++i)
+        p.out_a[off + i] = from_acc<scalar_t>(sa * to_acc(p.a[off + i]) * ia[i] +
+                                              sb * to_acc(p.b[off + i]) * ib[i]);
+    }
   }
 }
 
-template <typename scalar_t>
+template <bool kTiny, typename scalar_t>
 void forward_block_channels_last(const Args<scalar_t>& p, int64_t base, int64_t np) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t C = p.channels;
@@ -147,33 +186,42 @@ void forward_block_channels_last(const Args<scalar_t>& p, int64_t base, int64_t 
     const scalar_t* y = p.b + base + i * C;
     const acc_t ssa = lane_sum<acc_t>(C, [&](int64_t c) { const acc_t v = to_acc(x[c]); return v * v; });
     const acc_t ssb = lane_sum<acc_t>(C, [&](int64_t c) { const acc_t v = to_acc(y[c]); return v * v; });
-    const acc_t ia = acc_t(1) / std::max(std::sqrt(ssa), p.eps);
-    const acc_t ib = acc_t(1) / std::max(std::sqrt(ssb), p.eps);
+    acc_t pa, pb;  // 1 unless kTiny
+    const acc_t ia = inverse_norm<kTiny>(std::max(std::sqrt(ssa), p.eps), pa);
+    const acc_t ib = inverse_norm<kTiny>(std::max(std::sqrt(ssb), p.eps), pb);
     scalar_t* o = p.out_a + base + i * C;
-    for (int64_t c = 0; c < C; ++c)
-      o[c] = from_acc<scalar_t>(p.sa[c] * to_acc(x[c]) * ia + p.sb[c] * to_acc(y[c]) * ib);
+    if (kTiny && (pa != acc_t(1) || pb != acc_t(1))) {
+      for (int64_t c = 0; c < C; ++c)
+        o[c] = from_acc<scalar_t>(p.sa[c] * (to_acc(x[c]) * pa) * ia +
+                                  p.sb[c] * (to_acc(y[c]) * pb) * ib);
+    } else {
+      for (int64_t c = 0; c < C; ++c)
+        o[c] = from_acc<scalar_t>(p.sa[c] * to_acc(x[c]) * ia + p.sb[c] * to_acc(y[c]) * ib);
+    }
   }
 }
 
 // ---- backward --------------------------------------------------------------------------------
 
-// From a pixel's squared norm and t: 1/n, and k = t / n^3 when the norm is live (0 when the
-// clamp holds, so dx = s g / n).
-template <typename acc_t>
-inline void backward_coefficients(acc_t sumsq, acc_t t, acc_t eps, acc_t& inv, acc_t& k) {
+// From a pixel's squared norm and t: inv = 1 / (n pre) with the tiny-eps scale pre (1 unless
+// kTiny), and tu = t / n when the norm is live (0 when the clamp holds, so dx = s g / n).
+// pre is 1 whenever the norm is live.
+template <bool kTiny, typename acc_t>
+inline void backward_coefficients(acc_t sumsq, acc_t t, acc_t eps, acc_t& inv, acc_t& tu,
+                                  acc_t& pre) {
   const acc_t norm = std::sqrt(sumsq);
-  const acc_t n = std::max(norm, eps);
-  k = norm >= eps ? t / (n * n * n) : acc_t(0);
-  inv = acc_t(1) / n;
+  inv = inverse_norm<kTiny>(std::max(norm, eps), pre);
+  tu = norm >= eps ? t * inv : acc_t(0);
 }
 
 // psa/psb: this chunk's scale-gradient partial sums, added to.
-template <typename scalar_t>
+template <bool kTiny, typename scalar_t>
 void backward_block_nchw(const Args<scalar_t>& p, int64_t base, int64_t np,
                          at::opmath_type<scalar_t>* psa, at::opmath_type<scalar_t>* psb) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t n = kBlock<scalar_t>;
-  acc_t inv_a[n] = {}, inv_b[n] = {}, ta[n] = {}, tb[n] = {}, ka[n], kb[n], prod_a[n], prod_b[n];
+  // inv_*: squared norms, then 1 / (n pre); t*: t, then tu; pre_*: tiny-eps scales.
+  acc_t inv_a[n] = {}, inv_b[n] = {}, ta[n] = {}, tb[n] = {}, pre_a[n], pre_b[n], prod_a[n], prod_b[n];
   // Pass 1: squared norms and t = sum_k s_k g_k x_k.
   for (int64_t c = 0; c < p.channels; ++c) {
     const int64_t off = base + c * p.pixels;
@@ -189,28 +237,40 @@ void backward_block_nchw(const Args<scalar_t>& p, int64_t base, int64_t np,
     }
   }
   for (int64_t i = 0; i < np; ++i) {
-    backward_coefficients(inv_a[i], ta[i], p.eps, inv_a[i], ka[i]);
-    backward_coefficients(inv_b[i], tb[i], p.eps, inv_b[i], kb[i]);
+    backward_coefficients<kTiny>(inv_a[i], ta[i], p.eps, inv_a[i], ta[i], pre_a[i]);
+    backward_coefficients<kTiny>(inv_b[i], tb[i], p.eps, inv_b[i], tb[i], pre_b[i]);
   }
   // Pass 2: input gradients and the scale-gradient partial sums.
   for (int64_t c = 0; c < p.channels; ++c) {
     const int64_t off = base + c * p.pixels;
     const acc_t sa = p.sa[c], sb = p.sb[c];
-    for (int64_t i = 0; i < np; ++i) {
-      const acc_t x = to_acc(p.a[off + i]);
-      const acc_t y = to_acc(p.b[off + i]);
-      const acc_t gr = to_acc(p.g[off + i]);
-      p.out_a[off + i] = from_acc<scalar_t>(sa * gr * inv_a[i] - x * ka[i]);
-      p.out_b[off + i] = from_acc<scalar_t>(sb * gr * inv_b[i] - y * kb[i]);
-      prod_a[i] = gr * x * inv_a[i];
-      prod_b[i] = gr * y * inv_b[i];
+    if constexpr (kTiny) {
+      for (int64_t i = 0; i < np; ++i) {
+        const acc_t gr = to_acc(p.g[off + i]);
+        const acc_t ua = (to_acc(p.a[off + i]) * pre_a[i]) * inv_a[i];
+        const acc_t ub = (to_acc(p.b[off + i]) * pre_b[i]) * inv_b[i];
+        p.out_a[off + i] = from_acc<scalar_t>((sa * gr - ua * ta[i]) * inv_a[i] * pre_a[i]);
+        p.out_b[off + i] = from_acc<scalar_t>((sb * gr - ub * tb[i]) * inv_b[i] * pre_b[i]);
+        prod_a[i] = gr * ua;
+        prod_b[i] = gr * ub;
+      }
+    } else {
+      for (int64_t i = 0; i < np; ++i) {
+        const acc_t gr = to_acc(p.g[off + i]);
+        const acc_t ua = to_acc(p.a[off + i]) * inv_a[i];  // the unit vector's component
+        const acc_t ub = to_acc(p.b[off + i]) * inv_b[i];
+        p.out_a[off + i] = from_acc<scalar_t>((sa * gr - ua * ta[i]) * inv_a[i]);
+        p.out_b[off + i] = from_acc<scalar_t>((sb * gr - ub * tb[i]) * inv_b[i]);
+        prod_a[i] = gr * ua;
+        prod_b[i] = gr * ub;
+      }
     }
     psa[c] += lane_sum<acc_t>(np, [&](int64_t i) { return prod_a[i]; });
     psb[c] += lane_sum<acc_t>(np, [&](int64_t i) { return prod_b[i]; });
   }
 }
 
-template <typename scalar_t>
+template <bool kTiny, typename scalar_t>
 void backward_block_channels_last(const Args<scalar_t>& p, int64_t base, int64_t np,
                                   at::opmath_type<scalar_t>* psa, at::opmath_type<scalar_t>* psb) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -222,16 +282,28 @@ void backward_block_channels_last(const Args<scalar_t>& p, int64_t base, int64_t
     const acc_t ssb = lane_sum<acc_t>(C, [&](int64_t c) { return to_acc(y[c]) * to_acc(y[c]); });
     const acc_t ta = lane_sum<acc_t>(C, [&](int64_t c) { return p.sa[c] * to_acc(gr[c]) * to_acc(x[c]); });
     const acc_t tb = lane_sum<acc_t>(C, [&](int64_t c) { return p.sb[c] * to_acc(gr[c]) * to_acc(y[c]); });
-    acc_t inv_a, inv_b, ka, kb;
-    backward_coefficients(ssa, ta, p.eps, inv_a, ka);
-    backward_coefficients(ssb, tb, p.eps, inv_b, kb);
+    acc_t inv_a, inv_b, tua, tub, pre_a, pre_b;
+    backward_coefficients<kTiny>(ssa, ta, p.eps, inv_a, tua, pre_a);
+    backward_coefficients<kTiny>(ssb, tb, p.eps, inv_b, tub, pre_b);
     scalar_t *da = p.out_a + off, *db = p.out_b + off;
-    for (int64_t c = 0; c < C; ++c) {
-      const acc_t xv = to_acc(x[c]), yv = to_acc(y[c]), gv = to_acc(gr[c]);
-      da[c] = from_acc<scalar_t>(p.sa[c] * gv * inv_a - xv * ka);
-      db[c] = from_acc<scalar_t>(p.sb[c] * gv * inv_b - yv * kb);
-      psa[c] += gv * xv * inv_a;
-      psb[c] += gv * yv * inv_b;
+    if (kTiny && (pre_a != acc_t(1) || pre_b != acc_t(1))) {
+      for (int64_t c = 0; c < C; ++c) {
+        const acc_t gv = to_acc(gr[c]);
+        const acc_t ua = (to_acc(x[c]) * pre_a) * inv_a, ub = (to_acc(y[c]) * pre_b) * inv_b;
+        da[c] = from_acc<scalar_t>((p.sa[c] * gv - ua * tua) * inv_a * pre_a);
+        db[c] = from_acc<scalar_t>((p.sb[c] * gv - ub * tub) * inv_b * pre_b);
+        psa[c] += gv * ua;
+        psb[c] += gv * ub;
+      }
+    } else {
+      for (int64_t c = 0; c < C; ++c) {
+        const acc_t gv = to_acc(gr[c]);
+        const acc_t ua = to_acc(x[c]) * inv_a, ub = to_acc(y[c]) * inv_b;  // the unit vectors
+        da[c] = from_acc<scalar_t>((p.sa[c] * gv - ua * tua) * inv_a);
+        db[c] = from_acc<scalar_t>((p.sb[c] * gv - ub * tub) * inv_b);
+        psa[c] += gv * ua;
+        psb[c] += gv * ub;
+      }
     }
   }
 }
@@ -255,15 +327,20 @@ at::Tensor forward_cpu(const at::Tensor& a_in, const at::Tensor& b_in, const at:
     const Args<scalar_t> p{a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), nullptr,
                            out.data_ptr<scalar_t>(), nullptr, sa_t.data_ptr<acc_t>(),
                            sb_t.data_ptr<acc_t>(), static_cast<acc_t>(eps), l.channels, l.pixels};
-    at::parallel_for(0, l.batch * l.blocks_per_image, grain_blocks(l), [&](int64_t begin, int64_t end) {
-      for (int64_t blk = begin; blk < end; ++blk) {
-        const int64_t p0 = (blk % l.blocks_per_image) * l.block;
-        const int64_t np = std::min(l.block, l.pixels - p0);
-        const int64_t base = l.base(blk / l.blocks_per_image, p0, cl);
-        if (cl) forward_block_channels_last(p, base, np);
-        else forward_block_nchw(p, base, np);
-      }
-    });
+    auto run = [&](auto tiny) {
+      constexpr bool kTiny = decltype(tiny)::value;
+      at::parallel_for(0, l.batch * l.blocks_per_image, grain_blocks(l), [&](int64_t begin, int64_t end) {
+        for (int64_t blk = begin; blk < end; ++blk) {
+          const int64_t p0 = (blk % l.blocks_per_image) * l.block;
+          const int64_t np = std::min(l.block, l.pixels - p0);
+          const int64_t base = l.base(blk / l.blocks_per_image, p0, cl);
+          if (cl) forward_block_channels_last<kTiny>(p, base, np);
+          else forward_block_nchw<kTiny>(p, base, np);
+        }
+      });
+    };
+    if (is_tiny_eps(p.eps)) run(std::true_type{});
+    else run(std::false_type{});
   });
   return out;
 }
@@ -294,20 +371,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     std::vector<acc_t> partial(num_chunks * 2 * l.channels, acc_t(0));
 
     const int64_t grain = (grain_blocks(l) + kBlocksPerChunk - 1) / kBlocksPerChunk;
-    at::parallel_for(0, num_chunks, grain, [&](int64_t chunk_begin, int64_t chunk_end) {
-      for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-        acc_t* psa = partial.data() + chunk * 2 * l.channels;
-        acc_t* psb = psa + l.channels;
-        const int64_t blk_end = std::min(num_blocks, (chunk + 1) * kBlocksPerChunk);
-        for (int64_t blk = chunk * kBlocksPerChunk; blk < blk_end; ++blk) {
-          const int64_t p0 = (blk % l.blocks_per_image) * l.block;
-          const int64_t np = std::min(l.block, l.pixels - p0);
-          const int64_t base = l.base(blk / l.blocks_per_image, p0, cl);
-          if (cl) backward_block_channels_last(p, base, np, psa, psb);
-          else backward_block_nchw(p, base, np, psa, psb);
+    auto run = [&](auto tiny) {
+      constexpr bool kTiny = decltype(tiny)::value;
+      at::parallel_for(0, num_chunks, grain, [&](int64_t chunk_begin, int64_t chunk_end) {
+        for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+          acc_t* psa = partial.data() + chunk * 2 * l.channels;
+          acc_t* psb = psa + l.channels;
+          const int64_t blk_end = std::min(num_blocks, (chunk + 1) * kBlocksPerChunk);
+          for (int64_t blk = chunk * kBlocksPerChunk; blk < blk_end; ++blk) {
+            const int64_t p0 = (blk % l.blocks_per_image) * l.block;
+            const int64_t np = std::min(l.block, l.pixels - p0);
+            const int64_t base = l.base(blk / l.blocks_per_image, p0, cl);
+            if (cl) backward_block_channels_last<kTiny>(p, base, np, psa, psb);
+            else backward_block_nchw<kTiny>(p, base, np, psa, psb);
+          }
         }
-      }
-    });
+      });
+    };
+    if (is_tiny_eps(p.eps)) run(std::true_type{});
+    else run(std::false_type{});
     auto gsa = at::zeros({l.channels}, sa_t.options());
     auto gsb = at::zeros({l.channels}, sb_t.options());
     acc_t* qa = gsa.data_ptr<acc_t>();

@@ -2,9 +2,13 @@
 //
 //   out[c] = sa[c] * a[c] / na + sb[c] * b[c] / nb,   na = max(||a||, eps) over channels per pixel
 //
-// Backward, with n = max(||x||, eps) and t = sum_k s_k g_k x_k (csrc/cpu/l2norm_sum.cpp):
-//   dx[c] = s[c] g[c] / n - x[c] t / n^3 when ||x|| >= eps, s[c] g[c] / eps otherwise;
-//   ds[c] = sum over images and pixels of g[c] x[c] / n.
+// Backward, with n = max(||x||, eps), t = sum_k s_k g_k x_k, u = x / n and tu = t / n
+// (csrc/cpu/l2norm_sum.cpp, which says why this form: no intermediate grows like n^3):
+//   dx[c] = (s[c] g[c] - u[c] tu) / n when ||x|| >= eps, s[c] g[c] / eps otherwise;
+//   ds[c] = sum over images and pixels of g[c] u[c].
+// A clamped norm below the smallest normal number (a tiny eps) is scaled by a power of two
+// before the reciprocal, as on CPU, so that 1/n cannot overflow; here always applied (a
+// multiplication by 1 otherwise, which changes no bit and costs nothing in a memory-bound kernel).
 // Accumulation is float32 for float16/bfloat16/float32 and float64 for float64.
 //
 // Launch shape: 512 threads per block, one tile of pixels x all channels per block:
@@ -32,6 +36,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cfloat>
 #include <cstdint>
 
 #include "cuda/cuda_utils.cuh"
@@ -150,6 +155,17 @@ __device__ __forceinline__ acc_t clamp_norm(acc_t norm, acc_t eps) {
   return norm < eps ? eps : norm;
 }
 
+// 1 / (n pre) and the tiny-eps scale pre: 2^64 (2^512 for double) when n is below the smallest
+// normal number, else 1. A NaN n gives pre = 1 and a NaN reciprocal.
+__device__ __forceinline__ float inverse_norm(float n, float& pre) {
+  pre = n < FLT_MIN ? 0x1p64f : 1.0f;
+  return 1.0f / (n * pre);
+}
+__device__ __forceinline__ double inverse_norm(double n, double& pre) {
+  pre = n < DBL_MIN ? 0x1p512 : 1.0;
+  return 1.0 / (n * pre);
+}
+
 struct Geometry {
   int64_t channels, pixels, tiles_per_image, num_tiles;
 };
@@ -208,13 +224,15 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
     __syncthreads();  // scales staged
     sum_over_channels<kChannelsLast>(ss, s_scratch);
-    const acc_t inv_a = acc_t(1) / clamp_norm(sqrt(ss[0]), eps);
-    const acc_t inv_b = acc_t(1) / clamp_norm(sqrt(ss[1]), eps);
+    acc_t pre_a, pre_b;
+    const acc_t inv_a = inverse_norm(clamp_norm(sqrt(ss[0]), eps), pre_a);
+    const acc_t inv_b = inverse_norm(clamp_norm(sqrt(ss[1]), eps), pre_b);
 #pragma unroll
     for (int k = 0; k < kPerThread; ++k) {
       const int c = lane + Map::kLanes * k;
       if (valid && c < C) {
-        out[base + c * cs] = from_acc<T>(s_scale[0][c] * va[k] * inv_a + s_scale[1][c] * vb[k] * inv_b);
+        out[base + c * cs] = from_acc<T>(s_scale[0][c] * (va[k] * pre_a) * inv_a +
+                                         s_scale[1][c] * (vb[k] * pre_b) * inv_b);
       }
     }
   } else {
@@ -226,13 +244,15 @@ __global__ void __launch_bounds__(kThreads, 2)
       }
     }
     sum_over_channels<kChannelsLast>(ss, s_scratch);
-    const acc_t inv_a = acc_t(1) / clamp_norm(sqrt(ss[0]), eps);
-    const acc_t inv_b = acc_t(1) / clamp_norm(sqrt(ss[1]), eps);
+    acc_t pre_a, pre_b;
+    const acc_t inv_a = inverse_norm(clamp_norm(sqrt(ss[0]), eps), pre_a);
+    const acc_t inv_b = inverse_norm(clamp_norm(sqrt(ss[1]), eps), pre_b);
     if (valid) {
       for (int64_t c = lane; c < C; c += Map::kLanes) {
         const acc_t x = to_acc(a[base + c * cs]), y = to_acc(b[base + c * cs]);
-        out[base + c * cs] = from_acc<T>(load_scale<T>(scale_a, scales_float, c) * x * inv_a +
-                                         load_scale<T>(scale_b, scales_float, c) * y * inv_b);
+        out[base + c * cs] =
+            from_acc<T>(load_scale<T>(scale_a, scales_float, c) * (x * pre_a) * inv_a +
+                        load_scale<T>(scale_b, scales_float, c) * (y * pre_b) * inv_b);
       }
     }
   }
@@ -241,14 +261,23 @@ __global__ void __launch_bounds__(kThreads, 2)
 // ------------------------------------------------------------------------------------------
 // Backward
 
-// Per-pixel statistics of the backward: 1/n and k = t / n^3 (0 when the clamp holds).
+// Per-pixel statistics of the backward: inv = 1 / (n pre) with the tiny-eps scale pre, and
+// tu = t / n (0 when the clamp holds; pre is 1 whenever the norm is live).
 template <typename acc_t>
 __device__ __forceinline__ void backward_stats(acc_t sum_sq, acc_t t, acc_t eps, acc_t& inv,
-                                               acc_t& k) {
+                                               acc_t& tu, acc_t& pre) {
   const acc_t norm = sqrt(sum_sq);
-  const acc_t n = clamp_norm(norm, eps);
-  k = norm >= eps ? t / (n * n * n) : acc_t(0);
-  inv = acc_t(1) / n;
+  inv = inverse_norm(clamp_norm(norm, eps), pre);
+  tu = norm >= eps ? t * inv : acc_t(0);
+}
+
+// dx = (s g - u tu) / n with u = x / n (see backward_stats); *ds_term = g u.
+template <typename acc_t>
+__device__ __forceinline__ acc_t input_grad(acc_t s, acc_t g, acc_t x, acc_t inv, acc_t tu,
+                                            acc_t pre, acc_t* ds_term) {
+  const acc_t u = (x * pre) * inv;
+  *ds_term = g * u;
+  return (s * g - u * tu) * inv * pre;
 }
 
 template <typename T, bool kChannelsLast, bool kInRegisters>
@@ -314,18 +343,21 @@ __global__ void __launch_bounds__(kThreads, 1)
         r[3] += sb * vg[k] * vb[k];
       }
       sum_over_channels<kChannelsLast>(r, s_scratch);
-      acc_t inv_a, ka, inv_b, kb;
-      backward_stats(r[0], r[2], eps, inv_a, ka);
-      backward_stats(r[1], r[3], eps, inv_b, kb);
+      acc_t inv_a, tua, pre_a, inv_b, tub, pre_b;
+      backward_stats(r[0], r[2], eps, inv_a, tua, pre_a);
+      backward_stats(r[1], r[3], eps, inv_b, tub, pre_b);
 #pragma unroll
       for (int k = 0; k < kPerThread; ++k) {
         const int c = lane + Map::kLanes * k;
-        // Guarded, not just zero: 1/n of an empty slot may be inf for a tiny eps.
+        // Guarded, not just zero: empty slots must not add to the scale gradients.
         if (valid && c < C) {
-          grad_a[base + c * cs] = from_acc<T>(s_scale[0][c] * vg[k] * inv_a - va[k] * ka);
-          grad_b[base + c * cs] = from_acc<T>(s_scale[1][c] * vg[k] * inv_b - vb[k] * kb);
-          dsa[k] += vg[k] * va[k] * inv_a;
-          dsb[k] += vg[k] * vb[k] * inv_b;
+          acc_t ta, tb;
+          grad_a[base + c * cs] =
+              from_acc<T>(input_grad(s_scale[0][c], vg[k], va[k], inv_a, tua, pre_a, &ta));
+          grad_b[base + c * cs] =
+              from_acc<T>(input_grad(s_scale[1][c], vg[k], vb[k], inv_b, tub, pre_b, &tb));
+          dsa[k] += ta;
+          dsb[k] += tb;
         }
       }
     }
@@ -387,21 +419,19 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
       sum_over_channels<kChannelsLast>(r, s_scratch);
-      acc_t inv_a, ka, inv_b, kb;
-      backward_stats(r[0], r[2], eps, inv_a, ka);
-      backward_stats(r[1], r[3], eps, inv_b, kb);
+      acc_t inv_a, tua, pre_a, inv_b, tub, pre_b;
+      backward_stats(r[0], r[2], eps, inv_a, tua, pre_a);
+      backward_stats(r[1], r[3], eps, inv_b, tub, pre_b);
       for (int64_t chunk = 0; chunk < chunks; ++chunk) {  // same trip count in every thread
         const int64_t c = lane + Map::kLanes * chunk;
         acc_t ta = acc_t(0), tb = acc_t(0);
         if (valid && c < C) {
           const acc_t g = to_acc(grad[base + c * cs]);
           const acc_t x = to_acc(a[base + c * cs]), y = to_acc(b[base + c * cs]);
-          grad_a[base + c * cs] =
-              from_acc<T>(load_scale<T>(scale_a, scales_float, c) * g * inv_a - x * ka);
-          grad_b[base + c * cs] =
-              from_acc<T>(load_scale<T>(scale_b, scales_float, c) * g * inv_b - y * kb);
-          ta = g * x * inv_a;
-          tb = g * y * inv_b;
+          grad_a[base + c * cs] = from_acc<T>(
+              input_grad(load_scale<T>(scale_a, scales_float, c), g, x, inv_a, tua, pre_a, &ta));
+          grad_b[base + c * cs] = from_acc<T>(
+              input_grad(load_scale<T>(scale_b, scales_float, c), g, y, inv_b, tub, pre_b, &tb));
         }
         if constexpr (kChannelsLast) {
           s_slots[slot * 32 + lane] = ta;
