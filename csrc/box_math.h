@@ -81,6 +81,13 @@ MDSSD_HD void prior_to_xyxy(const T* prior, T* box) {
   box[3] = prior[1] + hh;
 }
 
+// log evaluated in float64 and rounded to T, for the reason given at exp_rounded below: float32
+// log differs between libraries in the last bit (torch's vectorised log in ~8% of values).
+template <typename T>
+MDSSD_HD T log_rounded(T x) {
+  return static_cast<T>(::log(static_cast<double>(x)));
+}
+
 // SSD offsets of xyxy box `gt` relative to cxcywh `prior` (see mdssd/reference.py: encode).
 template <typename T>
 MDSSD_HD void encode_box(const T* gt, const T* prior, T variance_xy, T variance_wh, T* out) {
@@ -90,8 +97,8 @@ MDSSD_HD void encode_box(const T* gt, const T* prior, T variance_xy, T variance_
   const T gh = gt[3] - gt[1];
   out[0] = (gcx - prior[0]) / mul_rn(variance_xy, prior[2]);
   out[1] = (gcy - prior[1]) / mul_rn(variance_xy, prior[3]);
-  out[2] = std::log(gw / prior[2]) / variance_wh;
-  out[3] = std::log(gh / prior[3]) / variance_wh;
+  out[2] = log_rounded(gw / prior[2]) / variance_wh;
+  out[3] = log_rounded(gh / prior[3]) / variance_wh;
 }
 
 template <typename T>

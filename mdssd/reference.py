@@ -71,7 +71,7 @@ def encode(matched: Tensor, priors: Tensor, variance_xy: float, variance_wh: flo
     g_center = (matched[..., :2] + matched[..., 2:]) * 0.5
     g_size = matched[..., 2:] - matched[..., :2]
     d_center = (g_center - priors[..., :2]) / (variance_xy * priors[..., 2:])
-    d_size = torch.log(g_size / priors[..., 2:]) / variance_wh
+    d_size = _log_rounded(g_size / priors[..., 2:]) / variance_wh
     return torch.cat([d_center, d_size], dim=-1)
 
 
@@ -82,6 +82,12 @@ def _exp_rounded(x: Tensor) -> Tensor:
     same everywhere, so the kernels and this reference agree bit for bit on scores and boxes.
     """
     return torch.exp(x.double()).to(x.dtype)
+
+
+def _log_rounded(x: Tensor) -> Tensor:
+    """``log`` evaluated in float64 and rounded to ``x``'s dtype (as :func:`_exp_rounded`: float32
+    ``log`` differs between libraries in the last bit)."""
+    return torch.log(x.double()).to(x.dtype)
 
 
 def softmax(logits: Tensor) -> Tensor:
@@ -162,7 +168,9 @@ def l2norm_sum(a: Tensor, b: Tensor, scale_a: Tensor, scale_b: Tensor, eps: floa
     def normalized(x: Tensor, scale: Tensor) -> Tensor:
         x = x.to(acc)
         norm = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(eps)
-        return scale.to(acc).view(1, -1, 1, 1) * x / norm
+        # The unit vector first: (scale * x) / norm would round scale * x in the subnormal range
+        # for tiny x (a clamped norm with a tiny eps), losing most of its digits.
+        return scale.to(acc).view(1, -1, 1, 1) * (x / norm)
 
     return (normalized(a, scale_a) + normalized(b, scale_b)).to(a.dtype)
 

@@ -36,7 +36,8 @@ def test_l2norm_tiny_eps(dtype, eps, x0, channels_last, channels):
     grad = (torch.rand(a.shape, generator=gen, dtype=torch.float64) * 1e-10).to(dtype)
     outs = []
     for device in ("cpu", "cuda"):
-        leaves = [t.to(device).requires_grad_(True) for t in (a, a.flip(0).contiguous(memory_format=fmt), s, s)]
+        leaves = [t.detach().to(device).requires_grad_(True)
+                  for t in (a, a.flip(0).contiguous(memory_format=fmt), s, s)]
         out = mdssd.ops.l2norm_sum(*leaves, eps)
         outs.append([out.detach().cpu(), *(t.cpu() for t in torch.autograd.grad(out, leaves, grad.to(device)))])
     for x, y in zip(*outs):

@@ -2,6 +2,9 @@
 //
 //   out[c] = sa[c] * a[c] / na + sb[c] * b[c] / nb,   na = max(||a||, eps) over channels per pixel
 //
+// computed as sa[c] * (a[c] * (1 / na)): the unit vector first, so that no product of a scale
+// and a tiny value rounds in the subnormal range (as (sa[c] * a[c]) / na would).
+//
 // Work is split into blocks of up to kBlock pixels of one image; every block reads each input
 // element from memory once (a second pass over the block hits the cache). Accumulation is
 // float32 for half/bfloat16/float32 inputs and float64 for float64 (at::opmath_type).
@@ -167,12 +170,12 @@ void forward_block_nchw(const Args<scalar_t>& p, int64_t base, int64_t np) {
     const acc_t sa = p.sa[c], sb = p.sb[c];
     if constexpr (kTiny) {
       for (int64_t i = 0; i < np; ++i)
-        p.out_a[off + i] = from_acc<scalar_t>(sa * (to_acc(p.a[off + i]) * pa[i]) * ia[i] +
-                                              sb * (to_acc(p.b[off + i]) * pb[i]) * ib[i]);
+        p.out_a[off + i] = from_acc<scalar_t>(sa * ((to_acc(p.a[off + i]) * pa[i]) * ia[i]) +
+                                              sb * ((to_acc(p.b[off + i]) * pb[i]) * ib[i]));
     } else {
       for (int64_t i = 0; i < np; ++i)
-        p.out_a[off + i] = from_acc<scalar_t>(sa * to_acc(p.a[off + i]) * ia[i] +
-                                              sb * to_acc(p.b[off + i]) * ib[i]);
+        p.out_a[off + i] = from_acc<scalar_t>(sa * (to_acc(p.a[off + i]) * ia[i]) +
+                                              sb * (to_acc(p.b[off + i]) * ib[i]));
     }
   }
 }
@@ -192,11 +195,11 @@ void forward_block_channels_last(const Args<scalar_t>& p, int64_t base, int64_t 
     scalar_t* o = p.out_a + base + i * C;
     if (kTiny && (pa != acc_t(1) || pb != acc_t(1))) {
       for (int64_t c = 0; c < C; ++c)
-        o[c] = from_acc<scalar_t>(p.sa[c] * (to_acc(x[c]) * pa) * ia +
-                                  p.sb[c] * (to_acc(y[c]) * pb) * ib);
+        o[c] = from_acc<scalar_t>(p.sa[c] * ((to_acc(x[c]) * pa) * ia) +
+                                  p.sb[c] * ((to_acc(y[c]) * pb) * ib));
     } else {
       for (int64_t c = 0; c < C; ++c)
-        o[c] = from_acc<scalar_t>(p.sa[c] * to_acc(x[c]) * ia + p.sb[c] * to_acc(y[c]) * ib);
+        o[c] = from_acc<scalar_t>(p.sa[c] * (to_acc(x[c]) * ia) + p.sb[c] * (to_acc(y[c]) * ib));
     }
   }
 }

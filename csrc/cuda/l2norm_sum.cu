@@ -1,6 +1,7 @@
 // l2norm_sum forward and backward on CUDA (the Fusion Block's normalize-scale-sum):
 //
 //   out[c] = sa[c] * a[c] / na + sb[c] * b[c] / nb,   na = max(||a||, eps) over channels per pixel
+// computed as sa[c] * (a[c] / na), the unit vector first (csrc/cpu/l2norm_sum.cpp says why).
 //
 // Backward, with n = max(||x||, eps), t = sum_k s_k g_k x_k, u = x / n and tu = t / n
 // (csrc/cpu/l2norm_sum.cpp, which says why this form: no intermediate grows like n^3):
@@ -231,8 +232,8 @@ __global__ void __launch_bounds__(kThreads, 2)
     for (int k = 0; k < kPerThread; ++k) {
       const int c = lane + Map::kLanes * k;
       if (valid && c < C) {
-        out[base + c * cs] = from_acc<T>(s_scale[0][c] * (va[k] * pre_a) * inv_a +
-                                         s_scale[1][c] * (vb[k] * pre_b) * inv_b);
+        out[base + c * cs] = from_acc<T>(s_scale[0][c] * ((va[k] * pre_a) * inv_a) +
+                                         s_scale[1][c] * ((vb[k] * pre_b) * inv_b));
       }
     }
   } else {
@@ -251,8 +252,8 @@ __global__ void __launch_bounds__(kThreads, 2)
       for (int64_t c = lane; c < C; c += Map::kLanes) {
         const acc_t x = to_acc(a[base + c * cs]), y = to_acc(b[base + c * cs]);
         out[base + c * cs] =
-            from_acc<T>(load_scale<T>(scale_a, scales_float, c) * (x * pre_a) * inv_a +
-                        load_scale<T>(scale_b, scales_float, c) * (y * pre_b) * inv_b);
+            from_acc<T>(load_scale<T>(scale_a, scales_float, c) * ((x * pre_a) * inv_a) +
+                        load_scale<T>(scale_b, scales_float, c) * ((y * pre_b) * inv_b));
       }
     }
   }
