@@ -6,10 +6,43 @@ forces a CPU-only build; unset, CUDA is built when torch has CUDA and nvcc is fo
 
 import glob
 import os
+import site
+import sys
+import sysconfig
 
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
-import torch
+
+
+def import_installed_torch():
+    """Imports the torch the extension will run with.
+
+    The ops link against torch's C++ ABI, so they must be built against the torch that is installed
+    where mdssd will be used, never against another copy. Plain `pip install -e .` builds in an
+    isolated environment that hides site-packages (and pyproject.toml deliberately does not list
+    torch as a build requirement, which would pull a different, multi-GB CUDA build into it): there
+    the installed torch is found in this interpreter's own site-packages (a venv's, and the base
+    ones a venv may see), which isolation hides from sys.path but not from sysconfig and site.
+    """
+    try:
+        import torch
+    except ImportError:
+        paths = [sysconfig.get_paths()[key] for key in ("platlib", "purelib")]
+        paths += site.getsitepackages() if hasattr(site, "getsitepackages") else []
+        for path in paths:
+            if os.path.isdir(os.path.join(path, "torch")) and path not in sys.path:
+                sys.path.append(path)
+        try:
+            import torch
+        except ImportError:
+            sys.exit(
+                "mdssd: torch is not installed: install it first (`pip install torch`, CPU builds at "
+                "https://download.pytorch.org/whl/cpu), then run `pip install -e .` again"
+            )
+    return torch
+
+
+torch = import_installed_torch()
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 
 def want_cuda() -> bool:
@@ -27,6 +60,15 @@ def want_cuda() -> bool:
     return possible
 
 
+def default_cuda_archs() -> None:
+    """Without a visible GPU (a build machine, CI) torch cannot guess the architecture and fails
+    deep inside its flag detection: build for A100 and H100-class GPUs plus PTX for newer ones
+    instead. TORCH_CUDA_ARCH_LIST, when set, always wins."""
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+        print("mdssd: no GPU visible, building CUDA kernels for TORCH_CUDA_ARCH_LIST=8.0;9.0+PTX")
+
+
 def extension():
     sources = ["csrc/mdssd.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
     # -fopenmp: at::parallel_for only goes parallel when compiled with OpenMP.
@@ -39,6 +81,7 @@ def extension():
         extra_link_args=["-fopenmp"],
     )
     if want_cuda():
+        default_cuda_archs()
         sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
         nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
         return CUDAExtension(

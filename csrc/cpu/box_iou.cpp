@@ -1,12 +1,13 @@
-// box_iou on CPU: [N,4] x [M,4] -> [N,M] (or batched). Parallel over rows of the output; the
-// areas of boxes2 are computed once per batch element. Reads 16 B per box, writes 4/8 B per pair.
+// box_iou on CPU: [N,4] x [M,4] -> [N,M] (or batched). Parallel over rows of the output when
+// that pays (parallel.h); the areas of boxes2 are computed once per batch element. Reads 16 B
+// per box, writes 4/8 B per pair.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "box_math.h"
 #include "checks.h"
 #include "cpu/cpu_utils.h"
+#include "cpu/parallel.h"
 
 namespace mdssd {
 namespace {
@@ -31,8 +32,11 @@ at::Tensor box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2) {
       const scalar_t* q = pb + 4 * j;
       area_b[j] = box_area(q[0], q[1], q[2], q[3]);
     }
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(m, 1));
-    at::parallel_for(0, batch * n, grain, [&](int64_t begin, int64_t end) {
+    // Rows go parallel from two chunks (parallel.h): ns per pair measured by
+    // python -m benchmarks.grains, i.e. from about 60k pairs.
+    constexpr double kNsPerPair = 4.9;
+    const int64_t grain = grain_for(kNsPerPair * static_cast<double>(std::max<int64_t>(m, 1)));
+    parallel_for(0, batch * n, grain, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t bi = row / n;
         const scalar_t* p = pa + 4 * row;

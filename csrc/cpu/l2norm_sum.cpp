@@ -44,6 +44,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/parallel.h"
 
 namespace mdssd {
 namespace {
@@ -119,10 +120,13 @@ struct Layout {
   }
 };
 
-// Blocks per parallel task: about 64k elements, so that small maps run on one thread (waking
-// OpenMP threads costs more than the work, and much more when the cores are busy).
-int64_t grain_blocks(const Layout& l) {
-  return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, l.block * l.channels));
+// Blocks per chunk for a measured cost per element (python -m benchmarks.grains): a loop goes
+// parallel from two chunks of work (parallel.h), so small maps run on the calling thread.
+// Measured single-thread ns per element, inputs rotated so that they come from memory (a map
+// is used once per step in training): forward / backward, 2-byte / 4-byte types.
+constexpr double kFwdNs16 = 1.2, kFwdNs32 = 0.37, kBwdNs16 = 3.3, kBwdNs32 = 4.8;
+int64_t grain_blocks(const Layout& l, double ns_per_element) {
+  return grain_for(ns_per_element * static_cast<double>(std::max<int64_t>(1, l.block * l.channels)));
 }
 
 Layout layout_of(const at::Tensor& t, int64_t block) {
@@ -330,9 +334,10 @@ at::Tensor forward_cpu(const at::Tensor& a_in, const at::Tensor& b_in, const at:
     const Args<scalar_t> p{a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), nullptr,
                            out.data_ptr<scalar_t>(), nullptr, sa_t.data_ptr<acc_t>(),
                            sb_t.data_ptr<acc_t>(), static_cast<acc_t>(eps), l.channels, l.pixels};
+    const double ns = sizeof(scalar_t) == 2 ? kFwdNs16 : kFwdNs32;
     auto run = [&](auto tiny) {
       constexpr bool kTiny = decltype(tiny)::value;
-      at::parallel_for(0, l.batch * l.blocks_per_image, grain_blocks(l), [&](int64_t begin, int64_t end) {
+      parallel_for(0, l.batch * l.blocks_per_image, grain_blocks(l, ns), [&](int64_t begin, int64_t end) {
         for (int64_t blk = begin; blk < end; ++blk) {
           const int64_t p0 = (blk % l.blocks_per_image) * l.block;
           const int64_t np = std::min(l.block, l.pixels - p0);
@@ -373,10 +378,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     // partial[chunk][0 or 1][c]: per-chunk sums for scale_a and scale_b.
     std::vector<acc_t> partial(num_chunks * 2 * l.channels, acc_t(0));
 
-    const int64_t grain = (grain_blocks(l) + kBlocksPerChunk - 1) / kBlocksPerChunk;
+    const double ns = sizeof(scalar_t) == 2 ? kBwdNs16 : kBwdNs32;
+    const int64_t grain = (grain_blocks(l, ns) + kBlocksPerChunk - 1) / kBlocksPerChunk;
     auto run = [&](auto tiny) {
       constexpr bool kTiny = decltype(tiny)::value;
-      at::parallel_for(0, num_chunks, grain, [&](int64_t chunk_begin, int64_t chunk_end) {
+      parallel_for(0, num_chunks, grain, [&](int64_t chunk_begin, int64_t chunk_end) {
         for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
           acc_t* psa = partial.data() + chunk * 2 * l.channels;
           acc_t* psb = psa + l.channels;

@@ -1,11 +1,10 @@
 // ssd_postprocess on CPU: softmax, decode + clip, per-class threshold / top-k / NMS, keep-top-k
-// per image, fixed-shape outputs. Three parallel stages:
+// per image, fixed-shape outputs. Three stages, each parallel when it pays (parallel.h):
 //   1. per (image, prior): softmax over K classes and decode (one read of loc and conf);
 //   2. per (image, class): candidates above the threshold, the best top_k_per_class, greedy NMS;
 //   3. per image: merge the classes' kept lists, best keep_top_k, write the padded outputs.
 // Order and tie-breaks: mdssd/reference.py (ssd_postprocess).
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -16,6 +15,7 @@
 #include "checks.h"
 #include "cpu/cpu_utils.h"
 #include "cpu/greedy_nms.h"
+#include "cpu/parallel.h"
 
 namespace mdssd {
 namespace {
@@ -65,7 +65,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ssd_postprocess_cpu(
     // Stage 1: scores [B, K, P] (class-major so stage 2 scans one class contiguously), boxes.
     std::vector<T> scores(batch * num_classes * num_priors), boxes(batch * num_priors * 4);
     std::vector<T> areas(batch * num_priors);
-    at::parallel_for(0, batch * num_priors, 1024, [&](int64_t begin, int64_t end) {
+    // Each stage goes parallel from two chunks of work (parallel.h); costs measured by
+    // python -m benchmarks.grains. Stage 1: ns per (prior, class).
+    constexpr double kStage1NsPerScore = 29.5;
+    const int64_t stage1_grain = grain_for(kStage1NsPerScore * static_cast<double>(num_classes));
+    parallel_for(0, batch * num_priors, stage1_grain, [&](int64_t begin, int64_t end) {
       std::vector<double> e(num_classes);
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / num_priors, p = row % num_priors;
@@ -90,7 +94,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ssd_postprocess_cpu(
     // Stage 2: per (image, foreground class).
     const int64_t num_fg = num_classes - 1;
     std::vector<std::vector<Detection<T>>> kept(batch * num_fg);
-    at::parallel_for(0, batch * num_fg, 1, [&](int64_t begin, int64_t end) {
+    // Stage 2: a (image, class) task scans every prior, sorts and suppresses its candidates:
+    // ns per prior, measured with the benchmark's ~4% candidates per class.
+    constexpr double kStage2NsPerPrior = 43.0;
+    const int64_t stage2_grain = grain_for(kStage2NsPerPrior * static_cast<double>(num_priors));
+    parallel_for(0, batch * num_fg, stage2_grain, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> candidates, keep;
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / num_fg, c = task % num_fg + 1;
@@ -116,7 +124,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ssd_postprocess_cpu(
     T* os = out_scores.data_ptr<T>();
     int64_t* olab = out_labels.data_ptr<int64_t>();
     int64_t* ocount = out_counts.data_ptr<int64_t>();
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    // Stage 3: merging and partially sorting the kept detections, whose counts are known here.
+    // ~20 ns per detection is an estimate (benchmarks.grains does not isolate this stage); at
+    // the benchmark's sizes an image holds ~5k detections, a chunk of its own either way.
+    constexpr double kStage3NsPerDetection = 20.0;
+    int64_t detections = 0;
+    for (const auto& k : kept) detections += static_cast<int64_t>(k.size());
+    const int64_t stage3_grain =
+        grain_for(kStage3NsPerDetection * std::max<double>(1.0, double(detections) / double(batch)));
+    parallel_for(0, batch, stage3_grain, [&](int64_t begin, int64_t end) {
       std::vector<Detection<T>> all;
       for (int64_t b = begin; b < end; ++b) {
         all.clear();

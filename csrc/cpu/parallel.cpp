@@ -1,0 +1,164 @@
+// mdssd::parallel_for: see parallel.h for the rule. A small pool of helper threads that sleep on
+// a condition variable (no spinning); a loop is a Job whose chunks are claimed from an atomic
+// counter by the caller and by whichever helpers get to run.
+#include "cpu/parallel.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/ParallelGuard.h>
+#include <pthread.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace mdssd {
+namespace {
+
+thread_local bool t_in_loop = false;  // set while this thread runs chunks of a loop
+
+struct Job {
+  const std::function<void(int64_t, int64_t)>* fn;  // valid while unfinished chunks remain
+  int64_t begin, end, chunk;
+  std::atomic<int64_t> next;       // first item not yet claimed
+  std::atomic<int64_t> unfinished;  // items claimed or unclaimed that are not done
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;  // the first exception, written under done_mutex
+  std::mutex done_mutex;
+  std::condition_variable done_cv;
+
+  Job(const std::function<void(int64_t, int64_t)>* f, int64_t b, int64_t e, int64_t c)
+      : fn(f), begin(b), end(e), chunk(c), next(b), unfinished(e - b) {}
+
+  // Claims and runs chunks until none are left. Only a thread that claimed a chunk touches fn,
+  // and the caller does not return before every claimed chunk is done, so fn stays valid.
+  void work() {
+    const bool was_in_loop = t_in_loop;
+    t_in_loop = true;
+    c10::ParallelGuard guard(true);  // at::parallel_for inside a chunk runs inline
+    for (;;) {
+      const int64_t lo = next.fetch_add(chunk, std::memory_order_relaxed);
+      if (lo >= end) break;
+      const int64_t hi = std::min(end, lo + chunk);
+      if (!failed.load(std::memory_order_relaxed)) {
+        try {
+          (*fn)(lo, hi);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(done_mutex);
+          if (!error) error = std::current_exception();
+          failed.store(true, std::memory_order_relaxed);
+        }
+      }
+      if (unfinished.fetch_sub(hi - lo, std::memory_order_acq_rel) == hi - lo) {
+        std::lock_guard<std::mutex> lock(done_mutex);
+        done_cv.notify_all();
+      }
+    }
+    t_in_loop = was_in_loop;
+  }
+
+  void wait_done() {
+    std::unique_lock<std::mutex> lock(done_mutex);
+    done_cv.wait(lock, [&] { return unfinished.load(std::memory_order_acquire) == 0; });
+  }
+};
+
+class Pool {
+ public:
+  // Runs the job on the caller and up to `helpers` helper threads. Returns false, having done
+  // nothing, when another caller holds the pool.
+  bool run(const std::shared_ptr<Job>& job, int helpers) {
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    if (!busy.owns_lock()) return false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      while (static_cast<int>(threads_.size()) < helpers) {
+        const int index = static_cast<int>(threads_.size());
+        threads_.emplace_back([this, index] { helper_main(index); });
+        threads_.back().detach();  // the pool lives until the process exits
+      }
+      job_ = job;
+      engaged_ = helpers;
+      ++generation_;
+    }
+    wake_.notify_all();
+    job->work();
+    job->wait_done();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job_.reset();  // late helpers see no job; the shared_ptr keeps it alive for those inside
+    }
+    return true;
+  }
+
+ private:
+  void helper_main(int index) {
+    uint64_t seen = 0;
+    for (;;) {
+      std::shared_ptr<Job> job;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return generation_ != seen; });
+        seen = generation_;
+        if (index < engaged_) job = job_;
+      }
+      if (job) job->work();
+    }
+  }
+
+  std::mutex busy_;   // held by the one caller using the pool
+  std::mutex mutex_;  // guards the fields below
+  std::condition_variable wake_;
+  std::vector<std::thread> threads_;
+  std::shared_ptr<Job> job_;
+  int engaged_ = 0;
+  uint64_t generation_ = 0;
+};
+
+// Leaked on purpose: helpers block in it until the process exits. A forked child (DataLoader
+// workers) has none of the parent's threads, so it starts a fresh pool.
+std::atomic<Pool*> g_pool{nullptr};
+std::once_flag g_atfork_once;
+
+Pool& pool() {
+  std::call_once(g_atfork_once, [] {
+    pthread_atfork(nullptr, nullptr, [] { g_pool.store(nullptr); });
+  });
+  Pool* p = g_pool.load(std::memory_order_acquire);
+  if (p) return *p;
+  auto* fresh = new Pool();
+  if (g_pool.compare_exchange_strong(p, fresh, std::memory_order_acq_rel)) return *fresh;
+  delete fresh;
+  return *p;
+}
+
+}  // namespace
+
+void parallel_for(int64_t begin, int64_t end, int64_t grain,
+                  const std::function<void(int64_t, int64_t)>& fn) {
+  if (begin >= end) return;
+  grain = std::max<int64_t>(grain, 1);
+  const int64_t range = end - begin;
+  const int threads = at::get_num_threads();
+  const bool inline_only = range < 2 * grain || threads <= 1 || t_in_loop || at::in_parallel_region();
+  if (!inline_only) {
+    // Chunks of at least `grain` items; at most 64 per thread (claiming a chunk is one atomic).
+    const int64_t chunk = std::max(grain, (range + 64 * threads - 1) / (64 * threads));
+    const int64_t chunks = (range + chunk - 1) / chunk;
+    const int helpers = static_cast<int>(std::min<int64_t>(threads, chunks)) - 1;
+    auto job = std::make_shared<Job>(&fn, begin, end, chunk);
+    if (pool().run(job, helpers)) {
+      if (job->error) std::rethrow_exception(job->error);
+      return;
+    }
+  }
+  // Inline: a plain call, so that a nested loop (e.g. one large group of batched_nms) may still
+  // go parallel on its own.
+  fn(begin, end);
+}
+
+}  // namespace mdssd
