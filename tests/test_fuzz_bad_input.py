@@ -126,7 +126,7 @@ CASES = [box_iou_cases, match_encode_cases, l2norm_cases, nms_cases, postprocess
 
 
 @pytest.mark.parametrize("device", fuzz_devices())
-@fuzz_settings(ci_examples=150)
+@fuzz_settings(ci_examples=400)
 @given(d=st.data(), make=st.sampled_from(CASES), dtype=st.sampled_from([torch.float32, torch.float64]))
 def test_bad_input_raises_named_error(device, d, make, dtype):
     with torch.random.fork_rng():  # the random tensors repeat with the example

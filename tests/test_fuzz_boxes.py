@@ -26,7 +26,7 @@ DEVICES = fuzz_devices()
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@fuzz_settings(ci_examples=150)
+@fuzz_settings(ci_examples=200)
 @given(data=st.data(), dtype=st.sampled_from(FLOAT_DTYPES), batched=st.booleans(),
        layout=st.sampled_from(LAYOUTS))
 def test_box_iou(device, data, dtype, batched, layout):
@@ -49,7 +49,7 @@ def priors(draw, dtype, min_n=0, max_n=10):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@fuzz_settings(ci_examples=150)
+@fuzz_settings(ci_examples=200)
 @given(data=st.data(), dtype=st.sampled_from(FLOAT_DTYPES), layout=st.sampled_from(LAYOUTS))
 def test_match_encode(device, data, dtype, layout):
     pr = data.draw(priors(dtype))
@@ -71,7 +71,7 @@ def test_match_encode(device, data, dtype, layout):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@fuzz_settings(ci_examples=150)
+@fuzz_settings(ci_examples=200)
 @given(data=st.data(), dtype=st.sampled_from(FLOAT_DTYPES), layout=st.sampled_from(LAYOUTS),
        threshold=st.sampled_from([0.5, 0.0, 1.0, 0.3, 1e-50, 0.7]))
 def test_nms(device, data, dtype, layout, threshold):
@@ -82,7 +82,7 @@ def test_nms(device, data, dtype, layout, threshold):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@fuzz_settings(ci_examples=150)
+@fuzz_settings(ci_examples=200)
 @given(data=st.data(), dtype=st.sampled_from(FLOAT_DTYPES), layout=st.sampled_from(LAYOUTS),
        threshold=st.sampled_from([0.5, 0.0, 1.0, 0.3]))
 def test_batched_nms(device, data, dtype, layout, threshold):
@@ -96,7 +96,7 @@ def test_batched_nms(device, data, dtype, layout, threshold):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@fuzz_settings(ci_examples=120)
+@fuzz_settings(ci_examples=200)
 @given(data=st.data(), dtype=st.sampled_from(FLOAT_DTYPES), layout=st.sampled_from(LAYOUTS))
 def test_ssd_postprocess(device, data, dtype, layout):
     batch = data.draw(st.integers(0, 2))

@@ -125,7 +125,7 @@ def norms(x: torch.Tensor, eps: float):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@fuzz_settings(ci_examples=120)
+@fuzz_settings(ci_examples=400)
 @given(inputs=l2norm_inputs())
 def test_l2norm_sum_forward(device, inputs):
     dtype, a, b, sa, sb, _, eps, layouts = inputs
@@ -142,7 +142,7 @@ def test_l2norm_sum_forward(device, inputs):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@fuzz_settings(ci_examples=120)
+@fuzz_settings(ci_examples=400)
 @given(inputs=l2norm_inputs())
 def test_l2norm_sum_backward(device, inputs):
     dtype, a, b, sa, sb, grad, eps, layouts = inputs

@@ -8,8 +8,8 @@
 //   dx[c] = (s[c] g[c] - u[c] tu) / n when ||x|| >= eps, s[c] g[c] / eps otherwise;
 //   ds[c] = sum over images and pixels of g[c] u[c].
 // A clamped norm below the smallest normal number (a tiny eps) is scaled by a power of two
-// before the reciprocal, as on CPU, so that 1/n cannot overflow; here always applied (a
-// multiplication by 1 otherwise, which changes no bit and costs nothing in a memory-bound kernel).
+// before the reciprocal, as on CPU, so that 1/n cannot overflow; only launches with such an eps
+// use the kernels that apply it (kTiny).
 // Accumulation is float32 for float16/bfloat16/float32 and float64 for float64.
 //
 // Launch shape: 512 threads per block, one tile of pixels x all channels per block:
@@ -157,14 +157,24 @@ __device__ __forceinline__ acc_t clamp_norm(acc_t norm, acc_t eps) {
 }
 
 // 1 / (n pre) and the tiny-eps scale pre: 2^64 (2^512 for double) when n is below the smallest
-// normal number, else 1. A NaN n gives pre = 1 and a NaN reciprocal.
+// normal number, else 1. A NaN n gives pre = 1 and a NaN reciprocal. Without kTiny (eps is a
+// normal number, so no clamped n is that small) pre is the constant 1 and every multiplication
+// by it folds away: the usual kernels are the same code as without the scaling.
+template <bool kTiny>
 __device__ __forceinline__ float inverse_norm(float n, float& pre) {
-  pre = n < FLT_MIN ? 0x1p64f : 1.0f;
-  return 1.0f / (n * pre);
+  pre = kTiny && n < FLT_MIN ? 0x1p64f : 1.0f;
+  return 1.0f / (kTiny ? n * pre : n);
 }
+template <bool kTiny>
 __device__ __forceinline__ double inverse_norm(double n, double& pre) {
-  pre = n < DBL_MIN ? 0x1p512 : 1.0;
-  return 1.0 / (n * pre);
+  pre = kTiny && n < DBL_MIN ? 0x1p512 : 1.0;
+  return 1.0 / (kTiny ? n * pre : n);
+}
+
+// Whether eps (as the kernels use it) needs the tiny-eps scaling.
+template <typename acc_t>
+bool is_tiny_eps(acc_t eps) {
+  return eps < (sizeof(acc_t) == 8 ? DBL_MIN : FLT_MIN);
 }
 
 struct Geometry {
@@ -184,7 +194,7 @@ __device__ __forceinline__ int64_t channel_stride(const Geometry& g) {
 // ------------------------------------------------------------------------------------------
 // Forward
 
-template <typename T, bool kChannelsLast, bool kInRegisters>
+template <typename T, bool kChannelsLast, bool kInRegisters, bool kTiny>
 __global__ void __launch_bounds__(kThreads, 2)
     l2norm_sum_forward_kernel(const T* __restrict__ a, const T* __restrict__ b,
                               const void* __restrict__ scale_a, const void* __restrict__ scale_b,
@@ -226,8 +236,8 @@ __global__ void __launch_bounds__(kThreads, 2)
     __syncthreads();  // scales staged
     sum_over_channels<kChannelsLast>(ss, s_scratch);
     acc_t pre_a, pre_b;
-    const acc_t inv_a = inverse_norm(clamp_norm(sqrt(ss[0]), eps), pre_a);
-    const acc_t inv_b = inverse_norm(clamp_norm(sqrt(ss[1]), eps), pre_b);
+    const acc_t inv_a = inverse_norm<kTiny>(clamp_norm(sqrt(ss[0]), eps), pre_a);
+    const acc_t inv_b = inverse_norm<kTiny>(clamp_norm(sqrt(ss[1]), eps), pre_b);
 #pragma unroll
     for (int k = 0; k < kPerThread; ++k) {
       const int c = lane + Map::kLanes * k;
@@ -246,8 +256,8 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
     sum_over_channels<kChannelsLast>(ss, s_scratch);
     acc_t pre_a, pre_b;
-    const acc_t inv_a = inverse_norm(clamp_norm(sqrt(ss[0]), eps), pre_a);
-    const acc_t inv_b = inverse_norm(clamp_norm(sqrt(ss[1]), eps), pre_b);
+    const acc_t inv_a = inverse_norm<kTiny>(clamp_norm(sqrt(ss[0]), eps), pre_a);
+    const acc_t inv_b = inverse_norm<kTiny>(clamp_norm(sqrt(ss[1]), eps), pre_b);
     if (valid) {
       for (int64_t c = lane; c < C; c += Map::kLanes) {
         const acc_t x = to_acc(a[base + c * cs]), y = to_acc(b[base + c * cs]);
@@ -264,11 +274,11 @@ __global__ void __launch_bounds__(kThreads, 2)
 
 // Per-pixel statistics of the backward: inv = 1 / (n pre) with the tiny-eps scale pre, and
 // tu = t / n (0 when the clamp holds; pre is 1 whenever the norm is live).
-template <typename acc_t>
+template <bool kTiny, typename acc_t>
 __device__ __forceinline__ void backward_stats(acc_t sum_sq, acc_t t, acc_t eps, acc_t& inv,
                                                acc_t& tu, acc_t& pre) {
   const acc_t norm = sqrt(sum_sq);
-  inv = inverse_norm(clamp_norm(norm, eps), pre);
+  inv = inverse_norm<kTiny>(clamp_norm(norm, eps), pre);
   tu = norm >= eps ? t * inv : acc_t(0);
 }
 
@@ -281,7 +291,7 @@ __device__ __forceinline__ acc_t input_grad(acc_t s, acc_t g, acc_t x, acc_t inv
   return (s * g - u * tu) * inv * pre;
 }
 
-template <typename T, bool kChannelsLast, bool kInRegisters>
+template <typename T, bool kChannelsLast, bool kInRegisters, bool kTiny>
 __global__ void __launch_bounds__(kThreads, 1)
     l2norm_sum_backward_kernel(const T* __restrict__ grad, const T* __restrict__ a,
                                const T* __restrict__ b, const void* __restrict__ scale_a,
@@ -345,8 +355,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       sum_over_channels<kChannelsLast>(r, s_scratch);
       acc_t inv_a, tua, pre_a, inv_b, tub, pre_b;
-      backward_stats(r[0], r[2], eps, inv_a, tua, pre_a);
-      backward_stats(r[1], r[3], eps, inv_b, tub, pre_b);
+      backward_stats<kTiny>(r[0], r[2], eps, inv_a, tua, pre_a);
+      backward_stats<kTiny>(r[1], r[3], eps, inv_b, tub, pre_b);
 #pragma unroll
       for (int k = 0; k < kPerThread; ++k) {
         const int c = lane + Map::kLanes * k;
@@ -421,8 +431,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       sum_over_channels<kChannelsLast>(r, s_scratch);
       acc_t inv_a, tua, pre_a, inv_b, tub, pre_b;
-      backward_stats(r[0], r[2], eps, inv_a, tua, pre_a);
-      backward_stats(r[1], r[3], eps, inv_b, tub, pre_b);
+      backward_stats<kTiny>(r[0], r[2], eps, inv_a, tua, pre_a);
+      backward_stats<kTiny>(r[1], r[3], eps, inv_b, tub, pre_b);
       for (int64_t chunk = 0; chunk < chunks; ++chunk) {  // same trip count in every thread
         const int64_t c = lane + Map::kLanes * chunk;
         acc_t ta = acc_t(0), tb = acc_t(0);
@@ -518,12 +528,21 @@ int forward_typed(const void* a, const void* b, const void* scale_a, const void*
   if (geo.num_tiles > INT32_MAX) return static_cast<int>(cudaErrorInvalidConfiguration);
   const auto blocks = static_cast<unsigned>(geo.num_tiles);
   const auto pa = static_cast<const T*>(a), pb = static_cast<const T*>(b);
-  if (shape.channels <= max_reg_channels<T>()) {
-    l2norm_sum_forward_kernel<T, kChannelsLast, true><<<blocks, kThreads, 0, stream>>>(
-        pa, pb, scale_a, scale_b, scales_float, static_cast<acc_t>(eps), static_cast<T*>(out), geo);
+  const auto eps_k = static_cast<acc_t>(eps);
+  auto launch = [&](auto tiny) {
+    constexpr bool kTiny = decltype(tiny)::value;
+    if (shape.channels <= max_reg_channels<T>()) {
+      l2norm_sum_forward_kernel<T, kChannelsLast, true, kTiny><<<blocks, kThreads, 0, stream>>>(
+          pa, pb, scale_a, scale_b, scales_float, eps_k, static_cast<T*>(out), geo);
+    } else {
+      l2norm_sum_forward_kernel<T, kChannelsLast, false, kTiny><<<blocks, kThreads, 0, stream>>>(
+          pa, pb, scale_a, scale_b, scales_float, eps_k, static_cast<T*>(out), geo);
+    }
+  };
+  if (is_tiny_eps(eps_k)) {
+    launch(std::true_type{});
   } else {
-    l2norm_sum_forward_kernel<T, kChannelsLast, false><<<blocks, kThreads, 0, stream>>>(
-        pa, pb, scale_a, scale_b, scales_float, static_cast<acc_t>(eps), static_cast<T*>(out), geo);
+    launch(std::false_type{});
   }
   return last_launch_error();
 }
@@ -551,16 +570,25 @@ int backward_typed(const void* grad, const void* a, const void* b, const void* s
     const auto pg = static_cast<const T*>(grad), pa = static_cast<const T*>(a),
                pb = static_cast<const T*>(b);
     const auto ga = static_cast<T*>(grad_a), gb = static_cast<T*>(grad_b);
-    if (shape.channels <= max_reg_channels<T>()) {
-      l2norm_sum_backward_kernel<T, kChannelsLast, true>
-          <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-              pg, pa, pb, scale_a, scale_b, scales_float, static_cast<acc_t>(eps), ga, gb,
-              partial, geo, tiles_per_block);
+    const auto eps_k = static_cast<acc_t>(eps);
+    auto launch = [&](auto tiny) {
+      constexpr bool kTiny = decltype(tiny)::value;
+      if (shape.channels <= max_reg_channels<T>()) {
+        l2norm_sum_backward_kernel<T, kChannelsLast, true, kTiny>
+            <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+                pg, pa, pb, scale_a, scale_b, scales_float, eps_k, ga, gb, partial, geo,
+                tiles_per_block);
+      } else {
+        l2norm_sum_backward_kernel<T, kChannelsLast, false, kTiny>
+            <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+                pg, pa, pb, scale_a, scale_b, scales_float, eps_k, ga, gb, partial, geo,
+                tiles_per_block);
+      }
+    };
+    if (is_tiny_eps(eps_k)) {
+      launch(std::true_type{});
     } else {
-      l2norm_sum_backward_kernel<T, kChannelsLast, false>
-          <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-              pg, pa, pb, scale_a, scale_b, scales_float, static_cast<acc_t>(eps), ga, gb,
-              partial, geo, tiles_per_block);
+      launch(std::false_type{});
     }
     if (const int err = last_launch_error()) return err;
   }
