@@ -42,7 +42,9 @@ CHECKPOINT_FORMAT = 1
 # would not continue the same run.
 _MUST_MATCH = ("preset", "batch_norm", "dataset", "data_root", "train_split", "data_seed",
                "synthetic_train_images", "synthetic_min_size", "synthetic_max_size", "seed",
-               "batch_size", "lr")  # lr: the scheduler's restored base lr would silently win
+               "batch_size", "lr",  # lr: the scheduler's restored base lr would silently win
+               "synthetic_object_sizes", "synthetic_objects", "crop", "crop_scale", "crop_object_prob",
+               "crop_min_visible")
 # Schedule fields a resumed run may change on purpose (e.g. to train longer): the schedule reads
 # them from the config, so they apply from the resumed step on; the run says so.
 _MAY_CHANGE = ("steps", "epochs", "lr_decay_at", "lr_gamma", "warmup_steps")
@@ -148,6 +150,8 @@ def build_data(cfg: TrainConfig, image_size: int) -> DataBundle:
     synthetic set's size and image sizes differ per split; see also
     :func:`mdssd.inference.synthetic_val_options`, which ``mdssd.eval`` uses to rebuild the val set)."""
     from .data import DetectionDataset, Resize, SSDAugment, build_source
+    from .data.crop import NativeCrop
+    from .inference import synthetic_shape_options
 
     def source(split: str, default: str):
         options: dict[str, Any] = {}
@@ -156,9 +160,12 @@ def build_data(cfg: TrainConfig, image_size: int) -> DataBundle:
             options = {"num_images": count, "seed": cfg.data_seed}
             options.update({k: v for k, v in (("min_size", cfg.synthetic_min_size),
                                               ("max_size", cfg.synthetic_max_size)) if v is not None})
+            options.update(synthetic_shape_options(config_mod.to_dict(cfg)))
         return build_source(cfg.dataset, cfg.data_root, split or default, **options)
 
-    train = DetectionDataset(source(cfg.train_split, "train"), SSDAugment(size=image_size), seed=cfg.seed)
+    augment = (NativeCrop(size=image_size, scale_range=tuple(cfg.crop_scale), object_prob=cfg.crop_object_prob,
+                          min_visible=cfg.crop_min_visible) if cfg.crop else SSDAugment(size=image_size))
+    train = DetectionDataset(source(cfg.train_split, "train"), augment, seed=cfg.seed)
     val = DetectionDataset(source(cfg.val_split, "val"), Resize(size=image_size), seed=cfg.seed)
     if train.class_names != val.class_names:
         raise RuntimeError(f"train and val splits of {cfg.dataset} disagree on the classes: "
@@ -227,8 +234,9 @@ def build_model(preset: str, num_classes: int, backend: str, batch_norm: bool):
 @torch.no_grad()
 def evaluate(core, loader: DataLoader, sampler: "EpochSampler", bundle: DataBundle,
              device: torch.device, amp_dtype: torch.dtype | None, memory_format: torch.memory_format,
-             iou: float, info: distributed.DistInfo) -> dict[str, Any]:
-    """VOC07 mAP of the unwrapped model ``core`` on the val split.
+             iou: float, info: distributed.DistInfo, tile=None) -> dict[str, Any]:
+    """VOC07 mAP of the unwrapped model ``core`` on the val split (whole images resized, or with
+    ``tile`` (a :class:`mdssd.tiling.TileSpec`) sliced into tiles).
 
     Each rank predicts its share (the sampler pads the split to a multiple of the world size by
     repeating images); the detections are gathered on rank 0, de-duplicated by data set index,
@@ -242,7 +250,16 @@ def evaluate(core, loader: DataLoader, sampler: "EpochSampler", bundle: DataBund
     sampler.set_position(0, 0)
     order = [index for _, index in iter(sampler)]  # this rank's items, in loader order
     local: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
-    for batch in loader:
+    if tile is not None:
+        from .tiling import predict_source_tiled
+
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            tiled = predict_source_tiled(core, bundle.val.source, tile, order, device=device)
+        for index, det in zip(order, tiled):
+            ann = bundle.val_annotation(index)
+            scale = np.array([ann.width, ann.height, ann.width, ann.height], dtype=np.float64)
+            local.append((index, det.boxes / scale, det.scores, det.labels))
+    for batch in (loader if tile is None else ()):
         images = batch["images"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loc, conf = core(images)
@@ -278,6 +295,15 @@ def evaluate(core, loader: DataLoader, sampler: "EpochSampler", bundle: DataBund
             "table": format_table(bundle.class_names, voc=result),
         }
     return distributed.broadcast_object(metrics)
+
+
+def tile_spec(cfg: TrainConfig):
+    """The sliced evaluation of ``--tile`` (None: whole images resized)."""
+    if cfg.tile is None:
+        return None
+    from .tiling import TileSpec
+
+    return TileSpec(size=cfg.tile, overlap=cfg.tile_overlap, full_image=cfg.tile_full_image, merge=cfg.tile_merge)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -504,7 +530,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> dict[str, Any]:
     def run_eval() -> dict[str, Any]:
         nonlocal last_metrics
         metrics = evaluate(core, val_loader, val_sampler, bundle, device, amp_dtype, memory_format,
-                           cfg.eval_iou, info)
+                           cfg.eval_iou, info, tile_spec(cfg))
         last_metrics = metrics
         log.eval_row(step, metrics)
         # NaN (a val split without ground truth) never counts as best.
@@ -532,7 +558,9 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> dict[str, Any]:
                 # checks read values (a host sync per step on a GPU) and would raise on one rank
                 # only, leaving the others waiting in the gradient all-reduce; targets were checked
                 # on the host above and non-finite losses are caught for all ranks by flush().
-                losses = core.loss(loc.float(), conf.float(), gt_boxes, gt_labels, gt_counts, check=False)
+                ignore = {k: batch[k].to(device, non_blocking=True) for k in ("ignore_boxes", "ignore_counts")
+                          if k in batch}
+                losses = core.loss(loc.float(), conf.float(), gt_boxes, gt_labels, gt_counts, check=False, **ignore)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(losses["total"]).backward()
                 if cfg.grad_clip is not None:
