@@ -58,9 +58,10 @@ def export(data: Path, seed: int = 0) -> None:
         path.write_text(json.dumps(coco_ground_truth(annotations, tuple(source.class_names))))
 
 
-def train_args(work: Path, run: str, steps: int) -> list[str]:
-    args = ["--dataset", "coco", "--data-root", str(work / "data"), "--steps", str(steps),
-            "--out-dir", str(work / run), "--eval-interval", "0", "--checkpoint-interval", "100",
+def train_args(data: Path, out: Path, run: str, steps: int) -> list[str]:
+    """``mdssd.train`` flags of one run (``resize`` or ``crop``) on the COCO folder ``data``."""
+    args = ["--dataset", "coco", "--data-root", str(data), "--steps", str(steps),
+            "--out-dir", str(out), "--eval-interval", "0", "--checkpoint-interval", "100",
             "--workers", "1", "--threads", "1", "--no-progress", "--no-tensorboard", "--resume", "auto"]
     if run == "crop":
         args += ["--crop", "--tile", str(TILE), "--tile-overlap", str(OVERLAP)]
@@ -103,7 +104,8 @@ def _device_name() -> str:
     return model
 
 
-def report(work: Path, out: Path, steps: int) -> Path:
+def measure(work: Path, data: Path) -> list[dict]:
+    """Every existing run's final checkpoint under every inference mode."""
     from mdssd.tiling import TileSpec
 
     torch.set_num_threads(1)
@@ -116,28 +118,25 @@ def report(work: Path, out: Path, steps: int) -> Path:
         for mode, tile in (("resize", None), (f"tile {TILE}/{OVERLAP}", TileSpec(TILE, OVERLAP)),
                            (f"tile {TILE}/{OVERLAP} ios", TileSpec(TILE, OVERLAP, merge="ios"))):
             load = os.getloadavg()[0]
-            metrics = evaluate(weights, work / "data", tile)
+            metrics = evaluate(weights, data, tile)
             rows.append({"training": run, "steps": state["step"], "inference": mode, "load_1min": round(load, 2),
                          **metrics})
             print(json.dumps(rows[-1]), flush=True)
-    stem = "large-images-cpu-amd-epyc-1thread"
+    return rows
+
+
+def write(out: Path, stem: str, title: str, notes: list[str], meta: dict, rows: list[dict]) -> Path:
+    """``out/<stem>.json`` (meta + rows) and ``out/<stem>.md`` (a table)."""
     out.mkdir(parents=True, exist_ok=True)
     meta = {"machine": f"{_device_name()}, {os.cpu_count()} cores (shared), 1 intra-op thread",
-            "torch": torch.__version__, "python": platform.python_version(),
-            "data": {"synthetic": {k: list(v) if isinstance(v, tuple) else v for k, v in SYNTHETIC.items()},
-                     "splits": SPLITS, "format": "COCO folder, JPEG quality 95"},
-            "train": f"mdssd_tiny 128 px, {steps} steps of batch 8, defaults otherwise", "rows": rows}
+            "torch": torch.__version__, "python": platform.python_version(), **meta, "rows": rows}
     (out / f"{stem}.json").write_text(json.dumps(meta, indent=1))
 
     def pct(v):
         return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.2f}"
 
-    lines = [f"# Small objects in large images: resize vs crop + tile ({meta['machine']})", "",
-             f"Data: synthetic signs, {SPLITS['train']} train / {SPLITS['val']} val images of 1024-2048 px, every "
-             "object 6-32 px, 4-12 per image (COCO folder written by `python -m benchmarks.large_images`).",
-             f"Training: {meta['train']}. Timing: inference per image on 1 thread, images decoded; load is "
-             "the 1-minute load average when each evaluation started (the machine was shared).", "",
-             "| training | steps | inference | VOC07 mAP | COCO AP | AP50 | AP_small | s / megapixel | load |",
+    lines = [f"# {title}", "", f"Machine: {meta['machine']}, torch {meta['torch']}.", "", *notes, "",
+             "| training | steps | inference | VOC07 mAP@0.5 | COCO AP | AP50 | AP_small | s / megapixel | load |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['training']} | {r['steps']} | {r['inference']} | {pct(r['voc07_map_11'])} | "
@@ -145,6 +144,19 @@ def report(work: Path, out: Path, steps: int) -> Path:
                      f"{r['s_per_megapixel']:.3f} | {r['load_1min']} |")
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     return out / f"{stem}.md"
+
+
+def report(work: Path, out: Path, steps: int) -> Path:
+    rows = measure(work, work / "data")
+    meta = {"data": {"synthetic": {k: list(v) if isinstance(v, tuple) else v for k, v in SYNTHETIC.items()},
+                     "splits": SPLITS, "format": "COCO folder, JPEG quality 95"},
+            "train": f"mdssd_tiny 128 px, {steps} steps of batch 8, defaults otherwise"}
+    notes = [f"Data: synthetic signs, {SPLITS['train']} train / {SPLITS['val']} val images of 1024-2048 px, "
+             "every object 6-32 px, 4-12 per image (written by `python -m benchmarks.large_images`).",
+             f"Training: {meta['train']}; `crop` adds `--crop`. Timing: inference per image (decoded) on 1 "
+             "thread; load: the 1-minute load average when each evaluation started (the machine was shared)."]
+    return write(out, "large-images-cpu-amd-epyc-1thread", "Small objects in large images: resize vs crop + tile",
+                 notes, meta, rows)
 
 
 def main(argv=None) -> int:
@@ -163,7 +175,7 @@ def main(argv=None) -> int:
     for run in filter(None, args.runs.split(",")):
         if run not in ("resize", "crop"):
             parser.error(f"unknown run {run!r}")
-        train(config_mod.from_args(train_args(work, run, args.steps)))
+        train(config_mod.from_args(train_args(work / "data", work / run, run, args.steps)))
     if args.report:
         print(report(work, Path(args.out), args.steps))
     return 0
