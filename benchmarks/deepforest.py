@@ -64,6 +64,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--runs", default="resize,crop")
     parser.add_argument("--report", action="store_true")
+    parser.add_argument("--rows", default=None, help="as benchmarks.large_images --rows")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
     work, data = Path(args.work), Path(args.work) / "data"
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
     for run in filter(None, args.runs.split(",")):
         train(config_mod.from_args(train_args(data, work / run, run, args.steps)))
     if args.report:
-        rows = measure(work, data)
+        rows = measure(work, data, set(args.rows.split(",")) if args.rows else None)
         notes = ["Data: DeepForest sample data (NEON tree crowns, from the deepforest 2.1.0 wheel). Train: "
                  "the 2299x2472 image (574 crowns, ~18 px) x16 + two 400x400 images x4; test: the 1249x1035 "
                  "image (279 crowns). COCO AP counts at most 100 detections per image, so with 279 crowns it "

@@ -104,24 +104,34 @@ def _device_name() -> str:
     return model
 
 
-def measure(work: Path, data: Path) -> list[dict]:
-    """Every existing run's final checkpoint under every inference mode."""
+MODES = ("resize", "tile", "tile-ios")
+
+
+def measure(work: Path, data: Path, only: set[str] | None = None) -> list[dict]:
+    """Every existing run's final checkpoint under every inference mode; each row is kept in
+    ``work/rows/<run>-<mode>.json`` and reused, so rows can be computed by parallel processes
+    (``only``: the ``run-mode`` names this process computes; the others are read if present)."""
     from mdssd.tiling import TileSpec
 
     torch.set_num_threads(1)
+    specs = {"resize": None, "tile": TileSpec(TILE, OVERLAP), "tile-ios": TileSpec(TILE, OVERLAP, merge="ios")}
     rows = []
+    (work / "rows").mkdir(parents=True, exist_ok=True)
     for run in ("resize", "crop"):
         weights = work / run / "last.pt"
-        if not weights.exists():
-            continue
-        state = torch.load(weights, map_location="cpu", weights_only=False)
-        for mode, tile in (("resize", None), (f"tile {TILE}/{OVERLAP}", TileSpec(TILE, OVERLAP)),
-                           (f"tile {TILE}/{OVERLAP} ios", TileSpec(TILE, OVERLAP, merge="ios"))):
-            load = os.getloadavg()[0]
-            metrics = evaluate(weights, data, tile)
-            rows.append({"training": run, "steps": state["step"], "inference": mode, "load_1min": round(load, 2),
-                         **metrics})
-            print(json.dumps(rows[-1]), flush=True)
+        for mode in MODES:
+            cached = work / "rows" / f"{run}-{mode}.json"
+            if not cached.exists() and weights.exists() and (only is None or f"{run}-{mode}" in only):
+                state = torch.load(weights, map_location="cpu", weights_only=False)
+                load = os.getloadavg()[0]
+                metrics = evaluate(weights, data, specs[mode])
+                name = "resize" if mode == "resize" else f"tile {TILE}/{OVERLAP}" + (" ios" if mode == "tile-ios" else "")
+                row = {"training": run, "steps": state["step"], "inference": name, "load_1min": round(load, 2),
+                       **metrics}
+                cached.write_text(json.dumps(row))
+                print(json.dumps(row), flush=True)
+            if cached.exists():
+                rows.append(json.loads(cached.read_text()))
     return rows
 
 
@@ -146,8 +156,8 @@ def write(out: Path, stem: str, title: str, notes: list[str], meta: dict, rows: 
     return out / f"{stem}.md"
 
 
-def report(work: Path, out: Path, steps: int) -> Path:
-    rows = measure(work, work / "data")
+def report(work: Path, out: Path, steps: int, only: set[str] | None = None) -> Path:
+    rows = measure(work, work / "data", only)
     meta = {"data": {"synthetic": {k: list(v) if isinstance(v, tuple) else v for k, v in SYNTHETIC.items()},
                      "splits": SPLITS, "format": "COCO folder, JPEG quality 95"},
             "train": f"mdssd_tiny 128 px, {steps} steps of batch 8, defaults otherwise"}
@@ -165,6 +175,9 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--runs", default="resize,crop", help="comma-separated: resize, crop (empty: none)")
     parser.add_argument("--report", action="store_true", help="evaluate the runs and write the results")
+    parser.add_argument("--rows", default=None,
+                        help="with --report: compute only these comma-separated run-mode rows "
+                             "(resize-resize, crop-tile, crop-tile-ios, ...); others are reused")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
     work = Path(args.work)
@@ -177,7 +190,7 @@ def main(argv=None) -> int:
             parser.error(f"unknown run {run!r}")
         train(config_mod.from_args(train_args(work / "data", work / run, run, args.steps)))
     if args.report:
-        print(report(work, Path(args.out), args.steps))
+        print(report(work, Path(args.out), args.steps, set(args.rows.split(",")) if args.rows else None))
     return 0
 
 

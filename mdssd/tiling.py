@@ -22,7 +22,8 @@ Merging, per image and class:
    object in the overlap band is reported from the tile that sees it whole.
 2. ``merge="nms"`` (default): class-aware NMS at IoU ``merge_iou`` on our
    :func:`mdssd.ops.batched_nms` kernel, all images of the batch in one call.
-   ``merge="ios"``: the same NMS, then SAHI-style greedy merging of what is left: the best box of
+   ``merge="ios"``: the same NMS, then (on the best ``max_detections`` of each image) SAHI-style
+   greedy merging of what is left: the best box of
    a class absorbs every lower one whose intersection over the smaller box is ``>= merge_ios``
    (box: their union, score: the best). It joins pieces of objects larger than the overlap, which
    step 1 cannot recognise (every tile cuts them), at the price of merging neighbours that touch.
@@ -274,10 +275,12 @@ def predict_tiled(model, images: Sequence[np.ndarray], spec: TileSpec, device=No
     out = []
     for b in range(len(images)):
         mine = image_index == b  # kept indices are in rank order: best scores first
-        det = (boxes[mine].astype(np.float64), scores[mine].astype(np.float64), labels[mine])
+        # The best max_detections only: merge_ios is quadratic in the boxes of a class.
+        det = tuple(part[mine][:spec.max_detections] for part in (boxes.astype(np.float64),
+                                                                  scores.astype(np.float64), labels))
         if spec.merge == "ios":
             det = merge_ios(*det, spec.merge_ios)
-        out.append(Detections(*(part[:spec.max_detections] for part in det)))
+        out.append(Detections(*det))
     return out
 
 
