@@ -156,3 +156,20 @@ def test_crop_through_readers_and_collate(tmp_path):
     a = DetectionDataset(source, NativeCrop(size=128), seed=0)[1]
     b = DetectionDataset(build_source("coco", tmp_path / "coco", "val"), NativeCrop(size=128), seed=0)[1]
     assert torch.equal(a[0], b[0]) and torch.allclose(a[1]["boxes"], b[1]["boxes"])
+
+
+def test_crop_on_voc_and_tt100k_readers(tmp_path):
+    from mdssd.data import TT100KDetection, VOCDetection
+    from tests.test_data_readers import _tt100k, _voc
+
+    voc = VOCDetection(_voc(tmp_path / "VOC2007", {
+        "000001": (300, 200, [("dog", (101, 51, 120, 70), False), ("person", (10, 5, 20, 30), True)], None)}),
+        image_set="trainval")
+    tt = TT100KDetection(_tt100k(tmp_path / "tt", [{"category": "p11", "bbox": {"xmin": 10, "ymin": 20,
+                                                                               "xmax": 30, "ymax": 41}}]), "train")
+    crop = NativeCrop(size=64, scale_range=(1.0, 1.0), object_prob=1.0, mirror_prob=0.0, photometric=False)
+    for source, size in ((voc, (20, 20)), (tt, (20, 21))):
+        image, target = DetectionDataset(source, crop, seed=0)[0]
+        assert image.shape == (3, 64, 64) and len(target["labels"]) == 1  # VOC's difficult one is not trained
+        w, h = ((target["boxes"][0, 2:] - target["boxes"][0, :2]) * 64).tolist()
+        assert (round(w), round(h)) == size  # native resolution
