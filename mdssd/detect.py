@@ -3,7 +3,8 @@
 Writes ``DIR/<stem>.png`` (the image with labelled boxes scoring at least ``--threshold``) and
 ``DIR/detections.json``: every detection in COCO results format (``image_id``, ``category_id`` =
 label, ``bbox`` ``[x, y, w, h]`` pixels, ``score``), with ``DIR/images.json`` mapping image ids to
-files and ``DIR/categories.json`` category ids to names.
+files and ``DIR/categories.json`` category ids to names. ``--tile N --tile-overlap F``: sliced
+detection on N x N pixel tiles for large images with small objects (:mod:`mdssd.tiling`).
 """
 
 from __future__ import annotations
@@ -74,13 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default=None)
     parser.add_argument("--backend", default="ext", choices=("ext", "reference"))
+    from .eval import add_tile_arguments, tile_spec_from_args
+
+    add_tile_arguments(parser)
     args = parser.parse_args(argv)
+    try:
+        tile = tile_spec_from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
 
     import torch
 
     from .data.base import load_rgb
     from .data.synthetic import SIGN_CLASSES
     from .inference import load_model, predict_images
+    from .tiling import predict_tiled
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, class_names = load_model(args.weights, backend=args.backend, device=device)
@@ -104,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     for start in range(0, len(files), args.batch_size):
         chunk = files[start:start + args.batch_size]
         arrays = [load_rgb(f, f"input {i}") for i, f in enumerate(chunk, start)]
-        for image_id, (file, array, det) in enumerate(zip(chunk, arrays, predict_images(model, arrays)), start):
+        found = predict_tiled(model, arrays, tile) if tile else predict_images(model, arrays)
+        for image_id, (file, array, det) in enumerate(zip(chunk, arrays, found), start):
             images_index.append({"id": image_id, "file_name": str(file), "width": array.shape[1],
                                  "height": array.shape[0]})
             for box, score, label in zip(det.boxes, det.scores, det.labels):

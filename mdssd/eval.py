@@ -3,7 +3,8 @@
 Runs a trained model over a data set's evaluation split and prints the per-class table with
 VOC07 mAP (11-point and area, ``difficult`` ignored) and, when pycocotools is installed, the COCO
 box metrics (AP, AP50, AP75, AP small/medium/large, AR). :func:`evaluate` is the library entry
-point (training calls it on its val source).
+point (training calls it on its val source). ``--tile N --tile-overlap F`` slices each image into
+N x N tiles (:mod:`mdssd.tiling`) instead of resizing it whole: small objects in large images.
 """
 
 from __future__ import annotations
@@ -67,15 +68,21 @@ def score(source, detections: Sequence[Detections], coco: bool | None = None, io
 
 
 def evaluate(model, source, batch_size: int = 8, num_workers: int = 0, coco: bool | None = None,
-             iou_threshold: float = 0.5) -> EvalReport:
-    """Run ``model`` (the docs/CONTRACTS.md API) on every image of ``source`` and score it."""
+             iou_threshold: float = 0.5, tile=None) -> EvalReport:
+    """Run ``model`` (the docs/CONTRACTS.md API) on every image of ``source`` and score it;
+    ``tile`` (a :class:`mdssd.tiling.TileSpec`): sliced inference instead of whole resized images."""
     from .inference import predict
 
     expected = len(source.class_names) + 1
     if model.config.num_classes != expected:
         raise ValueError(f"model has {model.config.num_classes} classes (with background), the data set "
                          f"{expected}")
-    detections = predict(model, source, batch_size=batch_size, num_workers=num_workers)
+    if tile is not None:
+        from .tiling import predict_source_tiled
+
+        detections = predict_source_tiled(model, source, tile)
+    else:
+        detections = predict(model, source, batch_size=batch_size, num_workers=num_workers)
     return score(source, detections, coco, iou_threshold)
 
 
@@ -96,7 +103,30 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--iou", type=float, default=0.5, help="IoU threshold of the VOC metric")
     parser.add_argument("--no-coco", action="store_true", help="skip the pycocotools metrics")
     parser.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    add_tile_arguments(parser)
     return parser
+
+
+def add_tile_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--tile N --tile-overlap F [--tile-full-image] [--tile-merge nms|ios]`` (also mdssd.detect)."""
+    parser.add_argument("--tile", type=int, default=None, metavar="N",
+                        help="sliced inference on N x N pixel tiles (default: whole images resized)")
+    parser.add_argument("--tile-overlap", type=float, default=0.25, metavar="F",
+                        help="overlap of neighbouring tiles, fraction of N (default 0.25)")
+    parser.add_argument("--tile-full-image", action="store_true",
+                        help="add one resized whole-image pass (objects larger than a tile)")
+    parser.add_argument("--tile-merge", default="nms", choices=("nms", "ios"),
+                        help="merge across tiles: class-aware NMS (default) or NMS + SAHI-style IoS merging")
+
+
+def tile_spec_from_args(args):
+    """The :class:`mdssd.tiling.TileSpec` of parsed :func:`add_tile_arguments` flags, or None."""
+    if args.tile is None:
+        return None
+    from .tiling import TileSpec
+
+    return TileSpec(size=args.tile, overlap=args.tile_overlap, full_image=args.tile_full_image,
+                    merge=args.tile_merge)
 
 
 def _cuda() -> bool:
@@ -106,7 +136,12 @@ def _cuda() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        tile = tile_spec_from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
     from .data import build_source
     from .inference import load_model, read_checkpoint, synthetic_val_options
 
@@ -123,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{list(source.class_names)}", file=sys.stderr)
         return 2
     report = evaluate(model, source, args.batch_size, args.workers, coco=False if args.no_coco else None,
-                      iou_threshold=args.iou)
-    print(f"{args.data} {args.split}: {len(source)} images, weights {args.weights}")
+                      iou_threshold=args.iou, tile=tile)
+    sliced = f", {tile.size} px tiles, overlap {tile.overlap}, merge {tile.merge}" if tile else ""
+    print(f"{args.data} {args.split}: {len(source)} images, weights {args.weights}{sliced}")
     print(report.table)
     if args.json:
         Path(args.json).write_text(json.dumps(report.as_dict(), indent=2))

@@ -29,7 +29,18 @@ def synthetic_val_options(data) -> dict:
         return {}
     options = {"num_images": config.get("synthetic_val_images"), "seed": config.get("data_seed"),
                "min_size": config.get("synthetic_min_size"), "max_size": config.get("synthetic_max_size")}
+    options.update(synthetic_shape_options(config))
     return {k: v for k, v in options.items() if v is not None}
+
+
+def synthetic_shape_options(config: dict) -> dict:
+    """The synthetic generator's object options of a training config (as a dict)."""
+    options = {}
+    if config.get("synthetic_object_sizes") is not None:
+        options["object_sizes"] = tuple(float(v) for v in config["synthetic_object_sizes"])
+    if config.get("synthetic_objects") is not None:
+        options["objects"] = tuple(int(v) for v in config["synthetic_objects"])
+    return options
 
 
 def load_model(path: str | Path | dict, backend: str = "ext", device: str | torch.device = "cpu"):

@@ -22,7 +22,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,9 @@ CHECKPOINT_FORMAT = 1
 # would not continue the same run.
 _MUST_MATCH = ("preset", "batch_norm", "dataset", "data_root", "train_split", "data_seed",
                "synthetic_train_images", "synthetic_min_size", "synthetic_max_size", "seed",
-               "batch_size", "lr")  # lr: the scheduler's restored base lr would silently win
+               "batch_size", "lr",  # lr: the scheduler's restored base lr would silently win
+               "synthetic_object_sizes", "synthetic_objects", "crop", "crop_scale", "crop_object_prob",
+               "crop_min_visible")
 # Schedule fields a resumed run may change on purpose (e.g. to train longer): the schedule reads
 # them from the config, so they apply from the resumed step on; the run says so.
 _MAY_CHANGE = ("steps", "epochs", "lr_decay_at", "lr_gamma", "warmup_steps")
@@ -148,6 +150,8 @@ def build_data(cfg: TrainConfig, image_size: int) -> DataBundle:
     synthetic set's size and image sizes differ per split; see also
     :func:`mdssd.inference.synthetic_val_options`, which ``mdssd.eval`` uses to rebuild the val set)."""
     from .data import DetectionDataset, Resize, SSDAugment, build_source
+    from .data.crop import NativeCrop
+    from .inference import synthetic_shape_options
 
     def source(split: str, default: str):
         options: dict[str, Any] = {}
@@ -156,9 +160,12 @@ def build_data(cfg: TrainConfig, image_size: int) -> DataBundle:
             options = {"num_images": count, "seed": cfg.data_seed}
             options.update({k: v for k, v in (("min_size", cfg.synthetic_min_size),
                                               ("max_size", cfg.synthetic_max_size)) if v is not None})
+            options.update(synthetic_shape_options(config_mod.to_dict(cfg)))
         return build_source(cfg.dataset, cfg.data_root, split or default, **options)
 
-    train = DetectionDataset(source(cfg.train_split, "train"), SSDAugment(size=image_size), seed=cfg.seed)
+    augment = (NativeCrop(size=image_size, scale_range=tuple(cfg.crop_scale), object_prob=cfg.crop_object_prob,
+                          min_visible=cfg.crop_min_visible) if cfg.crop else SSDAugment(size=image_size))
+    train = DetectionDataset(source(cfg.train_split, "train"), augment, seed=cfg.seed)
     val = DetectionDataset(source(cfg.val_split, "val"), Resize(size=image_size), seed=cfg.seed)
     if train.class_names != val.class_names:
         raise RuntimeError(f"train and val splits of {cfg.dataset} disagree on the classes: "
@@ -227,8 +234,9 @@ def build_model(preset: str, num_classes: int, backend: str, batch_norm: bool):
 @torch.no_grad()
 def evaluate(core, loader: DataLoader, sampler: "EpochSampler", bundle: DataBundle,
              device: torch.device, amp_dtype: torch.dtype | None, memory_format: torch.memory_format,
-             iou: float, info: distributed.DistInfo) -> dict[str, Any]:
-    """VOC07 mAP of the unwrapped model ``core`` on the val split.
+             iou: float, info: distributed.DistInfo, tile=None) -> dict[str, Any]:
+    """VOC07 mAP of the unwrapped model ``core`` on the val split (whole images resized, or with
+    ``tile`` (a :class:`mdssd.tiling.TileSpec`) sliced into tiles).
 
     Each rank predicts its share (the sampler pads the split to a multiple of the world size by
     repeating images); the detections are gathered on rank 0, de-duplicated by data set index,
@@ -242,7 +250,16 @@ def evaluate(core, loader: DataLoader, sampler: "EpochSampler", bundle: DataBund
     sampler.set_position(0, 0)
     order = [index for _, index in iter(sampler)]  # this rank's items, in loader order
     local: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
-    for batch in loader:
+    if tile is not None:
+        from .tiling import predict_source_tiled
+
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            tiled = predict_source_tiled(core, bundle.val.source, tile, order, device=device)
+        for index, det in zip(order, tiled):
+            ann = bundle.val_annotation(index)
+            scale = np.array([ann.width, ann.height, ann.width, ann.height], dtype=np.float64)
+            local.append((index, det.boxes / scale, det.scores, det.labels))
+    for batch in (loader if tile is None else ()):
         images = batch["images"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loc, conf = core(images)
@@ -278,6 +295,15 @@ def evaluate(core, loader: DataLoader, sampler: "EpochSampler", bundle: DataBund
             "table": format_table(bundle.class_names, voc=result),
         }
     return distributed.broadcast_object(metrics)
+
+
+def tile_spec(cfg: TrainConfig):
+    """The sliced evaluation of ``--tile`` (None: whole images resized)."""
+    if cfg.tile is None:
+        return None
+    from .tiling import TileSpec
+
+    return TileSpec(size=cfg.tile, overlap=cfg.tile_overlap, full_image=cfg.tile_full_image, merge=cfg.tile_merge)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,7 +366,60 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _train(cfg: TrainConfig, info: distributed.DistInfo) -> dict[str, Any]:
+    """The whole run: set up, train until the last (or ``stop_at_step``) step, summarise."""
     t_start = time.time()
+    run = setup_run(cfg, info)
+    stopped_early = False
+    try:
+        run.model.train()
+        while run.step < run.total_steps:
+            train_one_epoch(run)
+            if cfg.stop_at_step is not None and run.step >= cfg.stop_at_step and run.step < run.total_steps:
+                stopped_early = True
+                break
+    finally:
+        run.log.close()
+    return _summary(run, stopped_early, time.time() - t_start)
+
+
+@dataclass
+class Run:
+    """What a training run holds: its parts (fixed after :func:`setup_run`) and its position
+    (``step``, ``epoch``, ``batch_in_epoch``, best and last metrics), which the loop advances."""
+
+    cfg: TrainConfig
+    info: distributed.DistInfo
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    memory_format: torch.memory_format
+    bundle: DataBundle
+    num_classes: int
+    model: Any  # DDP-wrapped when distributed
+    core: Any  # the Detector itself
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    sampler: EpochSampler
+    train_loader: DataLoader
+    val_sampler: EpochSampler
+    val_loader: DataLoader
+    per_rank_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    out_dir: Path
+    resume_from: Path | None = None
+    log: Any = None
+    losses: Any = None  # LossBuffer
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best: dict = field(default_factory=lambda: {"mAP": None, "step": None})
+    last_saved_step: int | None = None
+    last_metrics: dict | None = None
+
+
+def _runtime(cfg: TrainConfig, info: distributed.DistInfo) -> tuple[torch.device, torch.dtype | None, Any]:
+    """Device, autocast dtype and memory format; sets threads and determinism."""
     device = resolve_device(cfg, info.local_rank)
     threads = cpu_threads(cfg, device, info)
     if threads is not None:
@@ -355,6 +434,12 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> dict[str, Any]:
     if device.type == "cuda" and not cfg.deterministic:
         # Fixed input size: let cuDNN pick the fastest convolution algorithms once.
         torch.backends.cudnn.benchmark = True
+    return device, amp_dtype, memory_format
+
+
+def setup_run(cfg: TrainConfig, info: distributed.DistInfo) -> Run:
+    """Data, model, optimizer, schedule and loaders, restored from a checkpoint when resuming."""
+    device, amp_dtype, memory_format = _runtime(cfg, info)
     if cfg.batch_size % info.world_size:
         raise config_mod.ConfigError(
             f"batch_size {cfg.batch_size} is global and must divide evenly over {info.world_size} processes")
@@ -367,8 +452,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> dict[str, Any]:
 
     from .model.config import get_config
 
-    image_size = get_config(cfg.preset).image_size
-    bundle = build_data(cfg, image_size)
+    bundle = build_data(cfg, get_config(cfg.preset).image_size)
     num_classes = len(bundle.class_names) + 1
     model = build_model(cfg.preset, num_classes, cfg.backend, cfg.batch_norm)
     if cfg.pretrained_backbone:
@@ -391,7 +475,6 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> dict[str, Any]:
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     from .data import collate
-    from .model.loss import check_targets
 
     loader_kwargs: dict[str, Any] = dict(
         num_workers=cfg.workers, collate_fn=collate, pin_memory=device.type == "cuda",
@@ -408,187 +491,217 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo) -> dict[str, Any]:
     val_loader = DataLoader(val_items, batch_size=max(1, per_rank_batch), sampler=val_sampler,
                             drop_last=False, **loader_kwargs)
 
-    out_dir = Path(cfg.out_dir)
-    step, epoch, batch_in_epoch = 0, 0, 0
-    best: dict[str, Any] = {"mAP": None, "step": None}
-    resume_from = _resume_path(cfg)
-    if resume_from is not None:
-        state = ckpt.load(resume_from)
-        _check_resumable(state, cfg, resume_from)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"] is not None and scaler.is_enabled():
-            scaler.load_state_dict(state["scaler"])
-        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        if state["world_size"] != info.world_size and info.is_main:
-            # Each rank's share of an epoch depends on the world size: the run goes on from the
-            # same step and epoch, but the rest of this epoch is not the uninterrupted run's.
-            print(f"note: {resume_from} was written by {state['world_size']} processes, this run "
-                  f"has {info.world_size}: resuming at step {step}, not bit-exactly", flush=True)
-        best = state["best"]
-        rngs = state["rng"]
-        ckpt.set_rng_state(rngs[info.rank % len(rngs)])
-        del state
-
+    run = Run(cfg, info, device, amp_dtype, memory_format, bundle, num_classes, model, model, optimizer,
+              scheduler, scaler, sampler, train_loader, val_sampler, val_loader, per_rank_batch,
+              steps_per_epoch, total_steps, Path(cfg.out_dir), resume_from=_resume_path(cfg))
+    if run.resume_from is not None:
+        _restore(run, run.resume_from)
+        run.last_saved_step = run.step
     if info.enabled:
         ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
-        model = torch.nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
-    core = _unwrap(model)
+        run.model = torch.nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
+    run.core = _unwrap(run.model)
+    run.log = _open_log(run)
+    run.losses = LossBuffer(run)
+    return run
 
-    log = NullLog()
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        config_mod.dump_yaml(cfg, out_dir / "config.yaml")
-        log = RunLog(out_dir, total_steps, step, cfg.progress, cfg.tensorboard)
-        log.message(
-            f"mdssd.train: {cfg.preset} ({core.config.image_size}px, {num_classes - 1} classes) on "
-            f"{cfg.dataset} ({len(bundle.train)} train / {len(bundle.val)} val images), "
-            f"{total_steps} steps of batch {cfg.batch_size} ({steps_per_epoch} per epoch) on "
-            f"{info.world_size} x {device.type}, amp {amp_dtype or 'off'}, out {out_dir}"
-            + (f"; resumed from {resume_from} at step {step}" if resume_from else ""))
 
-    def save(name: str) -> None:
-        """Write a checkpoint at the current position (rank 0 writes; every rank takes part,
-        since the RNG states of all ranks are gathered)."""
-        rngs = distributed.all_gather_object(ckpt.rng_state())
-        if info.is_main:
-            state = _checkpoint_state(cfg, model, optimizer, scheduler, scaler, step, epoch,
-                                      batch_in_epoch, best, rngs, bundle.class_names, info.world_size)
-            ckpt.atomic_save(state, out_dir / name)
+def _restore(run: Run, path: Path) -> None:
+    """Model, optimizer, schedule, scaler, position and this rank's RNG states from ``path``."""
+    state = ckpt.load(path)
+    _check_resumable(state, run.cfg, path)
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if state["scaler"] is not None and run.scaler.is_enabled():
+        run.scaler.load_state_dict(state["scaler"])
+    run.step, run.epoch, run.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+    if state["world_size"] != run.info.world_size and run.info.is_main:
+        # Each rank's share of an epoch depends on the world size: the run goes on from the
+        # same step and epoch, but the rest of this epoch is not the uninterrupted run's.
+        print(f"note: {path} was written by {state['world_size']} processes, this run "
+              f"has {run.info.world_size}: resuming at step {run.step}, not bit-exactly", flush=True)
+    run.best = state["best"]
+    rngs = state["rng"]
+    ckpt.set_rng_state(rngs[run.info.rank % len(rngs)])
 
-    # Loss values stay on the device between log points, so a GPU step needs no host sync; the
-    # buffer is checked (and logged) every log_interval steps and before every checkpoint.
-    pending: list[torch.Tensor] = []
-    pending_first_step = step + 1
-    interval_start = time.time()
-    last_saved_step = step if resume_from else None
-    last_metrics: dict[str, Any] | None = None
 
-    def stop_if_nonfinite(values: torch.Tensor, first_step: int) -> None:
+def _open_log(run: Run):
+    if not run.info.is_main:
+        return NullLog()
+    cfg = run.cfg
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    config_mod.dump_yaml(cfg, run.out_dir / "config.yaml")
+    log = RunLog(run.out_dir, run.total_steps, run.step, cfg.progress, cfg.tensorboard)
+    log.message(
+        f"mdssd.train: {cfg.preset} ({run.core.config.image_size}px, {run.num_classes - 1} classes) on "
+        f"{cfg.dataset} ({len(run.bundle.train)} train / {len(run.bundle.val)} val images), "
+        f"{run.total_steps} steps of batch {cfg.batch_size} ({run.steps_per_epoch} per epoch) on "
+        f"{run.info.world_size} x {run.device.type}, amp {run.amp_dtype or 'off'}, out {run.out_dir}"
+        + (f"; resumed from {run.resume_from} at step {run.step}" if run.resume_from else ""))
+    return log
+
+
+def train_one_epoch(run: Run) -> None:
+    """Optimizer steps from the current position to the end of its epoch (or to the last step,
+    or to ``stop_at_step``), logging, evaluating and saving on their intervals."""
+    cfg = run.cfg
+    run.sampler.set_position(run.epoch, run.batch_in_epoch * run.per_rank_batch)
+    for batch in run.train_loader:
+        run.losses.add(train_step(run, batch))
+        run.step += 1
+        run.batch_in_epoch += 1
+        if run.batch_in_epoch == run.steps_per_epoch:
+            run.epoch, run.batch_in_epoch = run.epoch + 1, 0
+        run.log.advance()
+        last = run.step == run.total_steps
+        stop_here = cfg.stop_at_step is not None and run.step >= cfg.stop_at_step
+        do_eval = last or (cfg.eval_interval and run.step % cfg.eval_interval == 0)
+        do_save = (last or stop_here or do_eval
+                   or (cfg.checkpoint_interval and run.step % cfg.checkpoint_interval == 0))
+        if run.step % cfg.log_interval == 0 or do_save:
+            run.losses.flush()
+        elif run.device.type == "cpu":
+            # A host read costs nothing on CPU: stop on the very step that went bad.
+            run.losses.check_latest()
+        if do_eval:
+            evaluate_and_keep_best(run)
+        if do_save:
+            # After the evaluation, so that the saved "best" already counts it.
+            save(run, "last.pt")
+            run.last_saved_step = run.step
+        if last or stop_here or run.batch_in_epoch == 0:
+            # batch_in_epoch == 0: the epoch is complete (drop_last leaves a remainder).
+            break
+
+
+def train_step(run: Run, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One optimizer step on ``batch``; returns the detached ``[total, loc, conf]`` losses (left on
+    the device: no host sync)."""
+    from .model.loss import check_targets
+
+    check_targets(batch["gt_boxes"], batch["gt_labels"], batch["gt_counts"], batch["images"].shape[0],
+                  run.num_classes)
+    device = run.device
+    images = batch["images"].to(device, non_blocking=True).contiguous(memory_format=run.memory_format)
+    gt_boxes = batch["gt_boxes"].to(device, non_blocking=True)
+    gt_labels = batch["gt_labels"].to(device, non_blocking=True)
+    gt_counts = batch["gt_counts"].to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
+        loc, conf = run.model(images)
+    # The loss (matching, log-softmax, hard negative mining) runs in fp32. Its own checks read
+    # values (a host sync per step on a GPU) and would raise on one rank only, leaving the others
+    # waiting in the gradient all-reduce; targets were checked on the host above and non-finite
+    # losses are caught for all ranks by LossBuffer.flush().
+    ignore = {k: batch[k].to(device, non_blocking=True) for k in ("ignore_boxes", "ignore_counts") if k in batch}
+    losses = run.core.loss(loc.float(), conf.float(), gt_boxes, gt_labels, gt_counts, check=False, **ignore)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(losses["total"]).backward()
+    if run.cfg.grad_clip is not None:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    return torch.stack([losses["total"].detach(), losses["loc"].detach(), losses["conf"].detach()])
+
+
+class LossBuffer:
+    """Loss values of the steps since the last log point. They stay on the device, so a GPU step
+    needs no host sync; the buffer is checked (and logged) every ``log_interval`` steps and
+    before every checkpoint, and a non-finite loss stops the run (:class:`NonFiniteLossError`)."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.pending: list[torch.Tensor] = []
+        self.first_step = run.step + 1
+        self.interval_start = time.time()
+
+    def add(self, values: torch.Tensor) -> None:
+        self.pending.append(values)
+
+    def check_latest(self) -> None:
+        self._stop_if_nonfinite(distributed.all_reduce_mean(self.pending[-1][None].float()).cpu().double(),
+                                self.run.step)
+
+    def flush(self) -> None:
+        run = self.run
+        if not self.pending:
+            return
+        values = distributed.all_reduce_mean(torch.stack(self.pending).float()).cpu().double()
+        self._stop_if_nonfinite(values, self.first_step)
+        elapsed = max(time.time() - self.interval_start, 1e-9)
+        mean = values.mean(dim=0)
+        run.log.train_row({
+            "step": run.step, "epoch": run.epoch, "lr": run.optimizer.param_groups[0]["lr"],
+            "loss": mean[0].item(), "loc": mean[1].item(), "conf": mean[2].item(),
+            "images_per_s": round(len(self.pending) * run.cfg.batch_size / elapsed, 2),
+        })
+        self.pending = []
+        self.first_step = run.step + 1
+        self.interval_start = time.time()
+
+    def _stop_if_nonfinite(self, values: torch.Tensor, first_step: int) -> None:
         """``values [n,3]`` (rank means of total/loc/conf) of steps ``first_step...``."""
         finite = torch.isfinite(values).all(dim=1)
         if bool(finite.all()):
             return
+        run = self.run
         row = int((~finite).nonzero()[0, 0])
         bad = first_step + row
-        kept = (f"the last good checkpoint is {out_dir / 'last.pt'} (step {last_saved_step}), "
+        kept = (f"the last good checkpoint is {run.out_dir / 'last.pt'} (step {run.last_saved_step}), "
                 f"resume from it with a lower lr or --grad-clip"
-                if last_saved_step is not None else "no checkpoint had been written yet")
-        message = (f"non-finite loss at step {bad} (epoch {epoch}, loss {values[row, 0].item()}, "
+                if run.last_saved_step is not None else "no checkpoint had been written yet")
+        message = (f"non-finite loss at step {bad} (epoch {run.epoch}, loss {values[row, 0].item()}, "
                    f"loc {values[row, 1].item()}, conf {values[row, 2].item()}); training stopped "
                    f"without saving; {kept}")
-        log.message(message)
+        run.log.message(message)
         raise NonFiniteLossError(message, bad)
 
-    def check_latest() -> None:
-        stop_if_nonfinite(distributed.all_reduce_mean(pending[-1][None].float()).cpu().double(), step)
 
-    def flush() -> None:
-        nonlocal pending, pending_first_step, interval_start
-        if not pending:
-            return
-        values = distributed.all_reduce_mean(torch.stack(pending).float()).cpu().double()
-        stop_if_nonfinite(values, pending_first_step)
-        elapsed = max(time.time() - interval_start, 1e-9)
-        mean = values.mean(dim=0)
-        log.train_row({
-            "step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-            "loss": mean[0].item(), "loc": mean[1].item(), "conf": mean[2].item(),
-            "images_per_s": round(len(pending) * cfg.batch_size / elapsed, 2),
-        })
-        pending = []
-        pending_first_step = step + 1
-        interval_start = time.time()
+def evaluate_and_keep_best(run: Run) -> dict[str, Any]:
+    """Val mAP now (logged); a new best (NaN never counts: a split without ground truth) is
+    saved as ``best.pt``."""
+    metrics = evaluate(run.core, run.val_loader, run.val_sampler, run.bundle, run.device, run.amp_dtype,
+                       run.memory_format, run.cfg.eval_iou, run.info, tile_spec(run.cfg))
+    run.last_metrics = metrics
+    run.log.eval_row(run.step, metrics)
+    best = run.best
+    if not math.isnan(metrics["mAP"]) and (best["mAP"] is None or metrics["mAP"] > best["mAP"]):
+        best.update({"mAP": metrics["mAP"], "step": run.step})
+        save(run, "best.pt")
+    return metrics
 
-    def run_eval() -> dict[str, Any]:
-        nonlocal last_metrics
-        metrics = evaluate(core, val_loader, val_sampler, bundle, device, amp_dtype, memory_format,
-                           cfg.eval_iou, info)
-        last_metrics = metrics
-        log.eval_row(step, metrics)
-        # NaN (a val split without ground truth) never counts as best.
-        if not math.isnan(metrics["mAP"]) and (best["mAP"] is None or metrics["mAP"] > best["mAP"]):
-            best.update({"mAP": metrics["mAP"], "step": step})
-            save("best.pt")
-        return metrics
 
-    stopped_early = False
-    model.train()
-    try:
-        while step < total_steps:
-            sampler.set_position(epoch, batch_in_epoch * per_rank_batch)
-            for batch in train_loader:
-                check_targets(batch["gt_boxes"], batch["gt_labels"], batch["gt_counts"],
-                              batch["images"].shape[0], num_classes)
-                images = batch["images"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
-                gt_boxes = batch["gt_boxes"].to(device, non_blocking=True)
-                gt_labels = batch["gt_labels"].to(device, non_blocking=True)
-                gt_counts = batch["gt_counts"].to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                    enabled=amp_dtype is not None):
-                    loc, conf = model(images)
-                # The loss (matching, log-softmax, hard negative mining) runs in fp32. Its own
-                # checks read values (a host sync per step on a GPU) and would raise on one rank
-                # only, leaving the others waiting in the gradient all-reduce; targets were checked
-                # on the host above and non-finite losses are caught for all ranks by flush().
-                losses = core.loss(loc.float(), conf.float(), gt_boxes, gt_labels, gt_counts, check=False)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(losses["total"]).backward()
-                if cfg.grad_clip is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                pending.append(torch.stack([losses["total"].detach(), losses["loc"].detach(),
-                                            losses["conf"].detach()]))
-                step += 1
-                batch_in_epoch += 1
-                if batch_in_epoch == steps_per_epoch:
-                    epoch, batch_in_epoch = epoch + 1, 0
-                log.advance()
-                last = step == total_steps
-                stop_here = cfg.stop_at_step is not None and step >= cfg.stop_at_step
-                do_eval = last or (cfg.eval_interval and step % cfg.eval_interval == 0)
-                do_save = (last or stop_here or do_eval
-                           or (cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0))
-                if step % cfg.log_interval == 0 or do_save:
-                    flush()
-                elif device.type == "cpu":
-                    # A host read costs nothing on CPU: stop on the very step that went bad.
-                    check_latest()
-                if do_eval:
-                    run_eval()
-                if do_save:
-                    # After the evaluation, so that the saved "best" already counts it.
-                    save("last.pt")
-                    last_saved_step = step
-                if last or stop_here or batch_in_epoch == 0:
-                    # batch_in_epoch == 0: the epoch is complete (drop_last leaves a remainder).
-                    break
-            if cfg.stop_at_step is not None and step >= cfg.stop_at_step and step < total_steps:
-                stopped_early = True
-                break
-    finally:
-        log.close()
+def save(run: Run, name: str) -> None:
+    """Write a checkpoint at the current position (rank 0 writes; every rank takes part, since
+    the RNG states of all ranks are gathered)."""
+    rngs = distributed.all_gather_object(ckpt.rng_state())
+    if run.info.is_main:
+        state = _checkpoint_state(run.cfg, run.model, run.optimizer, run.scheduler, run.scaler, run.step,
+                                  run.epoch, run.batch_in_epoch, run.best, rngs, run.bundle.class_names,
+                                  run.info.world_size)
+        ckpt.atomic_save(state, run.out_dir / name)
 
+
+def _summary(run: Run, stopped_early: bool, wall_s: float) -> dict[str, Any]:
+    cfg, best, last_metrics = run.cfg, run.best, run.last_metrics
     summary = {
-        "steps": step,
-        "total_steps": total_steps,
+        "steps": run.step,
+        "total_steps": run.total_steps,
         "stopped_early": stopped_early,
         "metrics": last_metrics,
         "best": best,
-        "wall_s": time.time() - t_start,
-        "out_dir": str(out_dir),
-        "world_size": info.world_size,
+        "wall_s": wall_s,
+        "out_dir": str(run.out_dir),
+        "world_size": run.info.world_size,
     }
-    if info.is_main and last_metrics is not None and not stopped_early:
+    if run.info.is_main and last_metrics is not None and not stopped_early:
         best_text = (f"best {best['mAP']:.4f} at step {best['step']}" if best["mAP"] is not None
                      else "no best: no val ground truth")
         print(last_metrics["table"], flush=True)
-        print(f"done: {step} steps in {summary['wall_s']:.0f} s; val mAP@{cfg.eval_iou} (VOC07 "
-              f"11-point) {last_metrics['mAP']:.4f} ({best_text}); checkpoints in {out_dir}",
+        print(f"done: {run.step} steps in {wall_s:.0f} s; val mAP@{cfg.eval_iou} (VOC07 "
+              f"11-point) {last_metrics['mAP']:.4f} ({best_text}); checkpoints in {run.out_dir}",
               flush=True)
     return summary
 

@@ -30,7 +30,9 @@ class DetectionDataset(Dataset):
         source: a :class:`~mdssd.data.base.DetectionSource`.
         transform: :class:`~mdssd.data.transforms.SSDAugment` (training) or
             :class:`~mdssd.data.transforms.Resize` (evaluation), or any callable
-            ``(image, boxes, labels, rng) -> (tensor, boxes01, labels)``.
+            ``(image, boxes, labels, rng) -> (tensor, boxes01, labels)``; a transform that also
+            returns ignore regions (:class:`~mdssd.data.crop.NativeCrop`: ``..., ignore01``) puts
+            them in the target as ``"ignore"``.
         keep_difficult: train on VOC ``difficult`` objects too (crowd regions never are targets).
     """
 
@@ -64,13 +66,18 @@ class DetectionDataset(Dataset):
         themselves, e.g. training's ``(seed, stream, epoch, index)`` scheme)."""
         annotation = self.source.annotation(index)
         boxes, labels = annotation.trainable(self.keep_difficult)
-        image, boxes, labels = self.transform(self.source.image(index), boxes, labels, rng)
-        return image, {"boxes": boxes, "labels": labels, "image_id": int(annotation.image_id)}
+        out = self.transform(self.source.image(index), boxes, labels, rng)
+        target = {"boxes": out[1], "labels": out[2], "image_id": int(annotation.image_id)}
+        if len(out) > 3:
+            target["ignore"] = out[3]
+        return out[0], target
 
 
 def collate(items: Sequence[tuple[torch.Tensor, dict]]) -> dict[str, torch.Tensor]:
     """Pad a batch: ``images [B,3,S,S]``, ``gt_boxes [B,G,4]``, ``gt_labels [B,G]`` (0 = padding),
-    ``gt_counts [B]``, ``image_ids [B]``; ``G`` is the largest box count, at least 1."""
+    ``gt_counts [B]``, ``image_ids [B]``; ``G`` is the largest box count, at least 1. When the
+    targets carry ignore regions (``"ignore"``, from crop training) also ``ignore_boxes [B,I,4]``
+    and ``ignore_counts [B]`` (``I`` at least 1)."""
     images = torch.stack([image for image, _ in items])
     counts = torch.tensor([len(target["labels"]) for _, target in items], dtype=torch.int64)
     g = max(1, int(counts.max())) if len(items) else 1
@@ -81,8 +88,16 @@ def collate(items: Sequence[tuple[torch.Tensor, dict]]) -> dict[str, torch.Tenso
         gt_boxes[b, :n] = target["boxes"]
         gt_labels[b, :n] = target["labels"]
     image_ids = torch.tensor([int(target["image_id"]) for _, target in items], dtype=torch.int64)
-    return {"images": images, "gt_boxes": gt_boxes, "gt_labels": gt_labels, "gt_counts": counts,
-            "image_ids": image_ids}
+    batch = {"images": images, "gt_boxes": gt_boxes, "gt_labels": gt_labels, "gt_counts": counts,
+             "image_ids": image_ids}
+    if any("ignore" in target for _, target in items):
+        ignores = [target.get("ignore", torch.zeros(0, 4)) for _, target in items]
+        ignore_counts = torch.tensor([len(b) for b in ignores], dtype=torch.int64)
+        ignore_boxes = torch.zeros(len(items), max(1, int(ignore_counts.max())), 4, dtype=torch.float32)
+        for b, boxes in enumerate(ignores):
+            ignore_boxes[b, :len(boxes)] = boxes
+        batch.update(ignore_boxes=ignore_boxes, ignore_counts=ignore_counts)
+    return batch
 
 
 def build_source(name: str, root: str | Path | None = None, split: str = "train", **options) -> DetectionSource:

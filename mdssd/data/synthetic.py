@@ -210,13 +210,16 @@ class SyntheticSigns:
         min_size, max_size: image width and height are drawn uniformly from this range.
         objects: range (inclusive) of signs per image; distractors: of look-alike clutter.
         small_fraction: share of objects with side 6-48 px; the rest are 48-128 px.
+        object_sizes: ``(min, max)`` side in px of every object and distractor (log-uniform),
+            replacing the small/large mix (e.g. ``(6, 32)`` on 1024-2048 px images: the
+            large-image benchmark of crop training and sliced inference).
     """
 
     class_names = SIGN_CLASSES
 
     def __init__(self, split: str = "train", num_images: int = 2000, seed: int = 0, min_size: int = 300,
                  max_size: int = 1024, objects: tuple[int, int] = (1, 6), distractors: tuple[int, int] = (2, 10),
-                 small_fraction: float = 0.85):
+                 small_fraction: float = 0.85, object_sizes: tuple[float, float] | None = None):
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {sorted(_SPLITS)}, got {split!r}")
         if not 8 <= min_size <= max_size:
@@ -224,6 +227,9 @@ class SyntheticSigns:
         self.split, self.num_images, self.seed = split, int(num_images), int(seed)
         self.min_size, self.max_size = int(min_size), int(max_size)
         self.objects, self.distractors, self.small_fraction = objects, distractors, small_fraction
+        if object_sizes is not None and not 1 <= object_sizes[0] <= object_sizes[1]:
+            raise ValueError(f"need 1 <= min <= max object size, got {object_sizes}")
+        self.object_sizes = None if object_sizes is None else (float(object_sizes[0]), float(object_sizes[1]))
 
     def __len__(self) -> int:
         return self.num_images
@@ -244,8 +250,11 @@ class SyntheticSigns:
                   "light": rng.random(4), "noise": float(rng.uniform(0, 10)), "blur": float(rng.random())}
 
         def size() -> float:
-            small = rng.random() < self.small_fraction
-            lo, hi = (6.0, 48.0) if small else (48.0, 128.0)
+            if self.object_sizes is not None:
+                lo, hi = self.object_sizes
+            else:
+                small = rng.random() < self.small_fraction
+                lo, hi = (6.0, 48.0) if small else (48.0, 128.0)
             hi = min(hi, side / 3)
             lo = min(lo, hi)
             return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))

@@ -19,12 +19,14 @@ class Backend:
     l2norm_sum: Callable  # Fusion Block merge
     match_encode: Callable  # loss targets
     ssd_postprocess: Callable  # detections
+    box_iou: Callable  # ignore regions in the loss (crop training)
 
 
 BACKENDS = {
-    "ext": Backend("ext", ops.l2norm_sum, ops.match_encode, ops.ssd_postprocess),
+    "ext": Backend("ext", ops.l2norm_sum, ops.match_encode, ops.ssd_postprocess, ops.box_iou),
     "reference": Backend(
-        "reference", reference.l2norm_sum, reference.match_encode, reference.ssd_postprocess
+        "reference", reference.l2norm_sum, reference.match_encode, reference.ssd_postprocess,
+        reference.box_iou,
     ),
 }
 

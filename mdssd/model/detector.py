@@ -10,10 +10,14 @@ from .config import ModelConfig, get_config
 from .extras import Extras
 from .fusion import FusionBlock, L2Norm
 from .heads import Head
-from .loss import check_finite, check_targets, multibox_loss
+from .loss import check_finite, check_targets, ignore_priors, multibox_loss
 from .postprocess import detect
 from .priors import make_priors
 from .vgg import VGG16
+
+# Background priors with at least this IoU with an ignore region (a crop-cut object) are left out
+# of the loss: below the matching threshold (0.5), so near matches are not pushed to background.
+IGNORE_IOU = 0.3
 
 
 class Detector(nn.Module):
@@ -95,11 +99,14 @@ class Detector(nn.Module):
 
     # -- training and inference ------------------------------------------------------------------
     def loss(self, loc: Tensor, conf: Tensor, gt_boxes: Tensor, gt_labels: Tensor, gt_counts: Tensor,
-             check: bool = True) -> dict[str, Tensor]:
+             check: bool = True, ignore_boxes: Tensor | None = None,
+             ignore_counts: Tensor | None = None) -> dict[str, Tensor]:
         """MultiBox loss ``{"loc", "conf", "total"}`` of a padded ground-truth batch.
 
         With ``check`` (default; skipped inside ``torch.compile``) the targets are validated and a
         non-finite loss raises ``FloatingPointError``; both read values, i.e. synchronise the host.
+        ``ignore_boxes [B,I,4]`` (xyxy in [0,1]) with ``ignore_counts [B]``: regions whose priors
+        are neither trained as objects nor as background (:func:`~mdssd.model.loss.ignore_priors`).
         """
         checking = check and not torch.compiler.is_compiling()
         if checking:
@@ -108,6 +115,15 @@ class Detector(nn.Module):
             loc_target, label_target = self.backend.match_encode(
                 self.priors, gt_boxes.to(self.priors.dtype), gt_labels.long(), gt_counts.long(),
                 self.config.loss.iou_threshold, self.config.variance_xy, self.config.variance_wh)
+            if ignore_boxes is not None:
+                if checking and (ignore_boxes.dim() != 3 or ignore_boxes.shape[0] != loc.shape[0]
+                                 or ignore_boxes.shape[-1] != 4 or ignore_counts is None
+                                 or tuple(ignore_counts.shape) != (loc.shape[0],)):
+                    raise ValueError(f"ignore_boxes must be [B={loc.shape[0]},I,4] with ignore_counts [B], got "
+                                     f"{tuple(ignore_boxes.shape)} and "
+                                     f"{None if ignore_counts is None else tuple(ignore_counts.shape)}")
+                label_target = ignore_priors(self.priors_xyxy, label_target, ignore_boxes.to(self.priors.dtype),
+                                             ignore_counts.long(), IGNORE_IOU, self.backend.box_iou)
         losses = multibox_loss(loc, conf, loc_target, label_target, self.config.loss)
         if checking:
             check_finite(losses)
@@ -117,6 +133,12 @@ class Detector(nn.Module):
     def postprocess(self, loc: Tensor, conf: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Detections ``boxes [B,k,4]``, ``scores [B,k]``, ``labels [B,k]``, ``counts [B]``."""
         return detect(self.backend, loc, conf, self.priors, self.config)
+
+    @property
+    def priors_xyxy(self) -> Tensor:
+        """The priors as ``[P,4]`` xyxy (normalised)."""
+        centre, size = self.priors[:, :2], self.priors[:, 2:]
+        return torch.cat([centre - size / 2, centre + size / 2], dim=1)
 
     @property
     def num_priors(self) -> int:

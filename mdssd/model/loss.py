@@ -2,7 +2,9 @@
 
 Conventions (SSD's):
 
-* targets come from ``backend.match_encode`` (positives: label > 0);
+* targets come from ``backend.match_encode`` (positives: label > 0); priors marked ``-1`` by
+  :func:`ignore_priors` (they overlap an ignore region, e.g. an object cut by a crop window) are
+  neither positives nor candidate negatives: they add nothing to either term;
 * per image, the negatives kept are the ``floor(neg_pos_ratio * num_pos)`` background priors with the
   largest background cross-entropy (ties to the lower prior index; at most all negatives), so an
   image without ground truth contributes nothing to either term;
@@ -31,18 +33,20 @@ def multibox_loss(loc: Tensor, conf: Tensor, loc_target: Tensor, label_target: T
         loc, conf, loc_target = loc.float(), conf.float(), loc_target.float()
         num_priors = label_target.shape[1]
         positive = label_target > 0
+        ignored = label_target < 0
         num_pos = positive.sum(1)
-        ce = F.cross_entropy(conf.reshape(-1, conf.shape[-1]), label_target.reshape(-1),
+        ce = F.cross_entropy(conf.reshape(-1, conf.shape[-1]), label_target.clamp(min=0).reshape(-1),
                              reduction="none").view_as(label_target)
         with torch.no_grad():
             # For a background prior the cross-entropy is its background loss: rank those,
-            # positives last.
-            mining = ce.masked_fill(positive, float("-inf"))
+            # positives and ignored priors last (never mined).
+            mining = ce.masked_fill(positive | ignored, float("-inf"))
             order = mining.sort(dim=1, descending=True, stable=True).indices
             rank = torch.empty_like(order).scatter_(
                 1, order, torch.arange(num_priors, device=order.device).expand_as(order))
             # floor(ratio * num_pos) as Caffe-SSD (a non-integer ratio must not round up).
-            num_neg = torch.minimum((config.neg_pos_ratio * num_pos).floor().long(), num_priors - num_pos)
+            num_neg = torch.minimum((config.neg_pos_ratio * num_pos).floor().long(),
+                                    num_priors - num_pos - ignored.sum(1))
             negative = rank < num_neg[:, None]
         conf_loss = torch.where(positive | negative, ce, 0.0).sum()
         smooth = F.smooth_l1_loss(loc, loc_target, reduction="none", beta=config.smooth_l1_beta).sum(-1)
@@ -50,6 +54,23 @@ def multibox_loss(loc: Tensor, conf: Tensor, loc_target: Tensor, label_target: T
         n = num_pos.sum().clamp(min=1).float()
         loc_loss, conf_loss = loc_loss / n, conf_loss / n
         return {"loc": loc_loss, "conf": conf_loss, "total": conf_loss + config.loc_weight * loc_loss}
+
+
+def ignore_priors(priors_xyxy: Tensor, label_target: Tensor, ignore_boxes: Tensor, ignore_counts: Tensor,
+                  iou_threshold: float, box_iou) -> Tensor:
+    """``label_target [B,P]`` with background priors that overlap an ignore region set to -1.
+
+    ``priors_xyxy [P,4]``, ``ignore_boxes [B,I,4]`` (only the first ``ignore_counts[b]`` rows are
+    real), ``box_iou`` the batched IoU op (:func:`mdssd.ops.box_iou`). A background prior with
+    IoU >= ``iou_threshold`` with an ignore box is what a whole object there would have made a
+    positive or a near match; positives (matched to a kept box) stay positives. Fixed shapes.
+    """
+    batch, count = ignore_boxes.shape[:2]
+    priors = priors_xyxy.to(ignore_boxes.dtype).expand(batch, -1, -1).contiguous()
+    iou = box_iou(priors, ignore_boxes.contiguous())  # [B,P,I]
+    real = torch.arange(count, device=ignore_boxes.device)[None, :] < ignore_counts[:, None]
+    hit = ((iou >= iou_threshold) & real[:, None, :]).any(-1)
+    return torch.where(hit & (label_target == 0), torch.full_like(label_target, -1), label_target)
 
 
 def check_targets(gt_boxes: Tensor, gt_labels: Tensor, gt_counts: Tensor, batch: int, num_classes: int) -> None:
