@@ -136,6 +136,10 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
                      synthetic_min_size=None, synthetic_max_size=None),
 }
 
+# The stride-4 ablation twins (mdssd.model.config) train as the model they are compared with.
+PRESET_DEFAULTS["ssd300_s4"] = PRESET_DEFAULTS["ssd300"]
+PRESET_DEFAULTS["ssd512_s4"] = PRESET_DEFAULTS["ssd512"]
+
 _CHOICES = {
     "backend": ("ext", "reference"),
     "dataset": ("synthetic", "voc", "coco", "tt100k"),
