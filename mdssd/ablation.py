@@ -398,12 +398,23 @@ def plot_size_bins(summary: dict, path: Path, title: str) -> None:
     image.save(path)
 
 
-def write_reports(out: Path, runs: list[dict], variants: Sequence[str], settings: dict) -> dict:
+def write_reports(out: Path, runs: list[dict], variants: Sequence[str], settings: dict,
+                  coverage: dict | None = None) -> dict:
+    """``ablation.json``, ``.md`` and ``.png``; ``coverage``: :func:`mdssd.prior_coverage.prior_coverage`
+    per variant (optional)."""
     summary = summarize_runs(runs, variants)
     data = {"settings": settings, "summary": summary,
             "runs": sorted(runs, key=lambda r: (list(variants).index(r["variant"]), r["seed"]))}
+    if coverage:
+        data["prior_coverage"] = coverage
     (out / "ablation.json").write_text(json.dumps(_clean(data), indent=1, default=_json_default) + "\n")
-    (out / "ablation.md").write_text(markdown_report(summary, runs, settings))
+    text = markdown_report(summary, runs, settings)
+    if coverage:
+        from .prior_coverage import format_coverage
+
+        text += ("\nPrior coverage of the val objects (no training: the training matcher's positives per "
+                 "object, by object side in input pixels):\n\n" + format_coverage(coverage) + "\n")
+    (out / "ablation.md").write_text(text)
     seeds = sorted({r["seed"] for r in runs})
     plot_size_bins(summary, out / "ablation.png",
                    f"AP@[.5:.95] by object size, {settings['dataset']}, {len(seeds)} seed(s), mean ± std")
@@ -431,6 +442,20 @@ def _settings(args, argv: list[str], passthrough: list[str], first: config_mod.T
                     f"lr {first.lr}, warm-up {first.warmup_steps}, decay x{first.lr_gamma} at {first.lr_decay_at}",
         "machine": f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}",
     }
+
+
+def coverage_of(configs: dict, variants: Sequence[str], runs: list[dict]) -> dict[str, dict]:
+    """Prior coverage of the val split's objects for each variant (its class count from a run)."""
+    from .data import build_source
+    from .inference import synthetic_val_options
+    from .model.config import get_config
+    from .prior_coverage import prior_coverage
+
+    cfg = configs[variants[0], 0]
+    options = synthetic_val_options({"config": config_mod.to_dict(cfg)}) if cfg.dataset == "synthetic" else {}
+    source = build_source(cfg.dataset, cfg.data_root, cfg.val_split or "val", **options)
+    classes = len(source.class_names) + 1
+    return {v: prior_coverage(get_config(v, num_classes=classes), source) for v in variants}
 
 
 def _run_or_reuse(cfg: config_mod.TrainConfig, variant: str, seed: int, args) -> dict[str, Any] | None:
@@ -525,9 +550,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Reports after every run, so a long ablation can be read (and plotted) as it goes.
             done = [v for v in args.variants if any(r["variant"] == v for r in runs)]
             write_reports(out, runs, done, _settings(args, argv, passthrough, configs[variant, seed]))
+    # Once more from every stored result: another process on this --out may have finished runs
+    # this one skipped.
+    runs = [r for r in (finished_result(configs[v, s]) for s in range(args.seeds) for v in args.variants) if r]
     if not runs:
         print("mdssd.ablation: no finished runs to report", file=sys.stderr)
         return 1
+    done = [v for v in args.variants if any(r["variant"] == v for r in runs)]
+    coverage = coverage_of(configs, done, runs)
+    write_reports(out, runs, done, _settings(args, argv, passthrough, configs[done[0], 0]), coverage)
     print((out / "ablation.md").read_text())
     print(f"mdssd.ablation: wrote {out / 'ablation.json'}, {out / 'ablation.md'}, {out / 'ablation.png'}")
     return 0
