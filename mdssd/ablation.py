@@ -436,7 +436,8 @@ def _settings(args, argv: list[str], passthrough: list[str], first: config_mod.T
         "dataset": args.dataset if not args.data_root else f"{args.dataset} ({args.data_root})",
         "variants": " ".join(args.variants),
         "seeds": args.seeds,
-        "command": " ".join(["python -m mdssd.ablation", *argv]),
+        # --report-only rebuilds the same results: the command that trains them is the one shown.
+        "command": " ".join(["python -m mdssd.ablation", *(a for a in argv if a != "--report-only")]),
         "training flags passed through": " ".join(passthrough) or "(none)",
         "schedule": f"{first.steps or first.epochs} {'steps' if first.steps else 'epochs'} of batch {first.batch_size}, "
                     f"lr {first.lr}, warm-up {first.warmup_steps}, decay x{first.lr_gamma} at {first.lr_decay_at}",
