@@ -159,6 +159,10 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
                      synthetic_min_size=None, synthetic_max_size=None),
 }
 
+# The stride-4 ablation twins (mdssd.model.config) train as the model they are compared with.
+PRESET_DEFAULTS["ssd300_s4"] = PRESET_DEFAULTS["ssd300"]
+PRESET_DEFAULTS["ssd512_s4"] = PRESET_DEFAULTS["ssd512"]
+
 _CHOICES = {
     "backend": ("ext", "reference"),
     "dataset": ("synthetic", "voc", "coco", "tt100k"),
@@ -303,6 +307,102 @@ def parse_scalar(text: str) -> Any:
     return yaml.safe_load(text)
 
 
+# One line of ``--help`` per field, with its unit: the short form of the comments on the fields
+# above. A field without an entry here (a new one) gets the first sentence of its comment.
+FIELD_HELP: dict[str, str] = {
+    "preset": "model preset of mdssd.model (mdssd_tiny, mdssd300, ssd300, ssd_tiny_s4, ...); brings its input side",
+    "batch_norm": "BatchNorm after every backbone conv (needed to train from scratch)",
+    "backend": "ops backend: ext (compiled kernels) or reference (pure PyTorch); same results",
+    "pretrained_backbone": "path of a local torchvision vgg16 state-dict file for the backbone",
+    "dataset": "data set: synthetic, voc, coco or tt100k",
+    "data_root": "data set folder (not needed for synthetic)",
+    "train_split": "training split name (null: the data set's usual one)",
+    "val_split": "evaluation split name (null: the data set's usual one)",
+    "synthetic_train_images": "synthetic set: training images",
+    "synthetic_val_images": "synthetic set: validation images",
+    "data_seed": "synthetic set: generator seed, independent of --seed",
+    "synthetic_min_size": "synthetic set: smallest generated image side, pixels (null: the generator's 300)",
+    "synthetic_max_size": "synthetic set: largest generated image side, pixels (null: the generator's 1024)",
+    "workers": "data loader worker processes",
+    "steps": "total optimizer steps (null: derived from --epochs)",
+    "epochs": "passes over the training set; replaces --steps",
+    "batch_size": "global batch, images (split evenly over torchrun processes)",
+    "lr": "SGD learning rate after warm-up, before decay",
+    "momentum": "SGD momentum",
+    "weight_decay": "SGD weight decay (L2 penalty factor)",
+    "warmup_steps": "linear learning-rate warm-up, steps",
+    "warmup_factor": "learning rate at step 0, as a fraction of --lr",
+    "lr_decay_at": "when the learning rate is multiplied by --lr-gamma, as fractions of the total steps",
+    "lr_gamma": "learning-rate factor at each --lr-decay-at point",
+    "grad_clip": "max global L2 norm of the gradients (null: no clipping)",
+    "device": "auto, cpu or cuda",
+    "amp": "mixed precision: auto (bf16 or fp16 on a GPU, off on CPU), off, bf16 or fp16",
+    "channels_last": "NHWC memory format (null: on CUDA, off on CPU)",
+    "threads": "CPU intra-op threads (null: the cores less one per data worker, or OMP_NUM_THREADS)",
+    "out_dir": "folder for checkpoints and logs (null: runs/<preset>)",
+    "eval_interval": "evaluate every N steps (0: only at the end, which always evaluates)",
+    "checkpoint_interval": "write last.pt every N steps (0: only at evaluations and at the end)",
+    "log_interval": "log the training loss every N steps",
+    "eval_iou": "IoU threshold of the periodic VOC mAP",
+    "progress": "show a progress bar",
+    "tensorboard": "write TensorBoard logs (when tensorboard is installed)",
+    "seed": "training seed: initial weights, data order, augmentation",
+    "resume": "checkpoint to resume from, or auto: <out-dir>/last.pt when it exists",
+    "stop_at_step": "stop after this global step, saving last.pt as an interruption would",
+    "deterministic": "torch.use_deterministic_algorithms(True) (slower on GPU)",
+}
+
+
+def _field_comments() -> dict[str, str]:
+    """The comment block right above each TrainConfig field, joined into one paragraph."""
+    import inspect
+    import io
+    import tokenize
+
+    comments: dict[str, str] = {}
+    block: list[str] = []
+    tokens = tokenize.generate_tokens(io.StringIO(inspect.getsource(TrainConfig)).readline)
+    line_start = True
+    for tok in tokens:
+        if tok.type == tokenize.COMMENT:
+            text = tok.string.lstrip("#").strip()
+            if not text.startswith("---"):  # section rulers like "# --- model"
+                block.append(text)
+        elif tok.type == tokenize.NAME and line_start and tok.line.strip().startswith(tok.string + ":"):
+            comments[tok.string] = " ".join(block)
+            block = []
+        if tok.type in (tokenize.NEWLINE, tokenize.NL):
+            line_start = True
+            if tok.type == tokenize.NEWLINE:
+                block = [] if not tok.line.strip().startswith("#") else block
+        elif tok.type not in (tokenize.INDENT, tokenize.DEDENT, tokenize.COMMENT):
+            line_start = False
+    return comments
+
+
+def field_help(name: str) -> str:
+    """One line of ``--help`` for field ``name`` (see :data:`FIELD_HELP`)."""
+    if name in FIELD_HELP:
+        return FIELD_HELP[name]
+    comment = _field_comments().get(name, "")
+    first = re.split(r"(?<=[.;:])\s", comment, maxsplit=1)[0].rstrip(".;:")
+    return first or name.replace("_", " ")
+
+
+def _metavar(name: str, annotation: Any) -> str:
+    if name in _CHOICES:
+        return "{" + ",".join(_CHOICES[name]) + "}"
+    base = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    kind = base[0]
+    if kind is int:
+        return "N"
+    if kind is float:
+        return "X"
+    if kind is list or typing.get_origin(kind) is list:
+        return "[X,...]"
+    return "PATH" if name.endswith(("_dir", "_root", "_backbone")) or name == "resume" else "TEXT"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mdssd.train",
@@ -317,12 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
     types_ = _field_types()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"(default: {_default_repr(f)})"
+        # argparse formats help with %: a literal percent sign must be doubled.
+        help_text = f"{field_help(f.name)} (default: {_default_repr(f)})".replace("%", "%%")
         if types_[f.name] in (bool, Optional[bool]):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=f.name, default=None, metavar="V", help=help_text)
+            parser.add_argument(flag, dest=f.name, default=None, metavar=_metavar(f.name, types_[f.name]),
+                                help=help_text)
     return parser
 
 

@@ -2,9 +2,11 @@
 
 Runs a trained model over a data set's evaluation split and prints the per-class table with
 VOC07 mAP (11-point and area, ``difficult`` ignored) and, when pycocotools is installed, the COCO
-box metrics (AP, AP50, AP75, AP small/medium/large, AR). :func:`evaluate` is the library entry
-point (training calls it on its val source). ``--tile N --tile-overlap F`` slices each image into
-N x N tiles (:mod:`mdssd.tiling`) instead of resizing it whole: small objects in large images.
+box metrics (AP, AP50, AP75, AP small/medium/large, AR); ``--size-bins`` adds AP/AR per tiny-object
+size bin (:data:`mdssd.metrics.SIZE_BINS`, through pycocotools' own area ranges).
+:func:`evaluate` is the library entry point (training calls it on its val source). ``--tile N
+--tile-overlap F`` slices each image into N x N tiles (:mod:`mdssd.tiling`) instead of resizing it
+whole: small objects in large images.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .metrics import COCOResult, Detections, VOCResult, coco_eval, format_table, voc_eval
+from .metrics import SIZE_BINS, COCOResult, Detections, VOCResult, coco_eval, format_size_bins, format_table, voc_eval
 
 __all__ = ["EvalReport", "evaluate", "score", "main"]
 
@@ -38,6 +40,9 @@ class EvalReport:
                                                       self.voc.num_gt)}}
         if self.coco is not None:
             out["coco"] = {k: clean(v) for k, v in self.coco.stats.items()}
+            if self.coco.size_bins:
+                out["size_bins"] = {name: {k: (int(v) if k == "num_gt" else clean(v)) for k, v in row.items()}
+                                    for name, row in self.coco.size_bins.items()}
         return out
 
 
@@ -49,26 +54,34 @@ def _coco_available() -> bool:
     return True
 
 
-def score(source, detections: Sequence[Detections], coco: bool | None = None, iou_threshold: float = 0.5) -> EvalReport:
+def score(source, detections: Sequence[Detections], coco: bool | None = None, iou_threshold: float = 0.5,
+          size_bins: bool = False) -> EvalReport:
     """Metrics of ``detections`` (one per image of ``source``, pixel coordinates).
 
     ``coco``: compute COCO metrics (default: when pycocotools is importable). A COCO source's own
     instances file and category ids are used for them, so crowd regions and areas are as released.
+    ``size_bins``: also COCO AP/AR per :data:`mdssd.metrics.SIZE_BINS` bin (needs pycocotools).
     """
+    if size_bins and coco is False:
+        raise ValueError("size bins are COCO metrics: they cannot be computed with coco=False")
     annotations = [source.annotation(i) for i in range(len(source))]
     names = tuple(source.class_names)
     voc = voc_eval(annotations, detections, names, iou_threshold)
     coco_result = None
-    if coco if coco is not None else _coco_available():
+    if size_bins or (coco if coco is not None else _coco_available()):
         gt_file = getattr(source, "annotation_file", None)
         category_ids = getattr(source, "category_ids", None)
         # Our own reader already mapped category ids to labels; the released file is the reference.
-        coco_result = coco_eval(annotations, detections, names, ground_truth=gt_file, category_ids=category_ids)
-    return EvalReport(voc, coco_result, format_table(names, voc, coco_result))
+        coco_result = coco_eval(annotations, detections, names, ground_truth=gt_file, category_ids=category_ids,
+                                size_bins=SIZE_BINS if size_bins else None)
+    table = format_table(names, voc, coco_result)
+    if coco_result is not None and coco_result.size_bins:
+        table += "\n" + format_size_bins(coco_result)
+    return EvalReport(voc, coco_result, table)
 
 
 def evaluate(model, source, batch_size: int = 8, num_workers: int = 0, coco: bool | None = None,
-             iou_threshold: float = 0.5, tile=None) -> EvalReport:
+             iou_threshold: float = 0.5, tile=None, size_bins: bool = False) -> EvalReport:
     """Run ``model`` (the docs/CONTRACTS.md API) on every image of ``source`` and score it;
     ``tile`` (a :class:`mdssd.tiling.TileSpec`): sliced inference instead of whole resized images."""
     from .inference import predict
@@ -83,7 +96,7 @@ def evaluate(model, source, batch_size: int = 8, num_workers: int = 0, coco: boo
         detections = predict_source_tiled(model, source, tile)
     else:
         detections = predict(model, source, batch_size=batch_size, num_workers=num_workers)
-    return score(source, detections, coco, iou_threshold)
+    return score(source, detections, coco, iou_threshold, size_bins)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default="ext", choices=("ext", "reference"))
     parser.add_argument("--iou", type=float, default=0.5, help="IoU threshold of the VOC metric")
     parser.add_argument("--no-coco", action="store_true", help="skip the pycocotools metrics")
+    parser.add_argument("--size-bins", action="store_true",
+                        help="also COCO AP/AR per object side 2-8, 8-16, 16-32, 32-64 px (AI-TOD's bins)")
     parser.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     add_tile_arguments(parser)
     return parser
@@ -142,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         tile = tile_spec_from_args(args)
     except ValueError as error:
         parser.error(str(error))
+    if args.size_bins and args.no_coco:
+        parser.error("--size-bins are COCO metrics: drop --no-coco")
     from .data import build_source
     from .inference import load_model, read_checkpoint, synthetic_val_options
 
@@ -158,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{list(source.class_names)}", file=sys.stderr)
         return 2
     report = evaluate(model, source, args.batch_size, args.workers, coco=False if args.no_coco else None,
-                      iou_threshold=args.iou, tile=tile)
+                      iou_threshold=args.iou, tile=tile, size_bins=args.size_bins)
     sliced = f", {tile.size} px tiles, overlap {tile.overlap}, merge {tile.merge}" if tile else ""
     print(f"{args.data} {args.split}: {len(source)} images, weights {args.weights}{sliced}")
     print(report.table)

@@ -27,7 +27,8 @@ import numpy as np
 
 from .data.base import Annotation
 
-__all__ = ["Detections", "voc_ap", "voc_eval", "coco_eval", "format_table", "VOCResult", "COCOResult"]
+__all__ = ["Detections", "voc_ap", "voc_eval", "coco_eval", "format_table", "format_size_bins", "VOCResult",
+           "COCOResult", "SIZE_BINS"]
 
 
 @dataclass
@@ -150,11 +151,22 @@ COCO_STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
                    "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
 
 
+# Tiny-object size bins, by box side in pixels of the stored image (sqrt of the COCO area), as
+# AI-TOD reports them (very tiny 2-8, tiny 8-16, small 16-32, medium 32-64); COCO's own
+# small/medium/large (0-32-96-inf) stay in ``COCOResult.stats``.
+SIZE_BINS: dict[str, tuple[float, float]] = {
+    "2-8px": (2.0, 8.0), "8-16px": (8.0, 16.0), "16-32px": (16.0, 32.0), "32-64px": (32.0, 64.0),
+}
+
+
 @dataclass
 class COCOResult:
     stats: dict[str, float]
     per_class_ap: np.ndarray  # AP@[.5:.95] per class (area all, 100 dets), NaN without ground truth
     summary: str = field(default="", repr=False)  # pycocotools' printed summary
+    # Per size bin (when asked for): {"AP", "AP50", "AR" (100 detections), "num_gt"}; the APs are
+    # NaN for a bin without (non-crowd) ground truth.
+    size_bins: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def coco_results(annotations: Sequence[Annotation], detections: Sequence[Detections],
@@ -175,12 +187,19 @@ def coco_results(annotations: Sequence[Annotation], detections: Sequence[Detecti
 
 
 def coco_eval(annotations: Sequence[Annotation], detections: Sequence[Detections], class_names: Sequence[str],
-              ground_truth: dict | str | None = None, category_ids: Sequence[int] | None = None) -> COCOResult:
+              ground_truth: dict | str | None = None, category_ids: Sequence[int] | None = None,
+              size_bins: dict[str, tuple[float, float]] | None = None) -> COCOResult:
     """COCO box metrics with pycocotools (imported here: an optional dependency).
 
     ``ground_truth`` is the data set's instances JSON (path or dict) when there is one (COCO: keeps
     ``iscrowd`` and ``area`` exactly as released); otherwise it is built from the annotations with
     :func:`mdssd.data.export.coco_ground_truth` (difficult -> ``iscrowd``).
+
+    ``size_bins`` (e.g. :data:`SIZE_BINS`: name -> (min side, max side) in pixels) adds area
+    ranges ``[min^2, max^2]`` to pycocotools' own ``params.areaRng``, after COCO's four, so the
+    matching per bin is pycocotools' (ground truth outside the range ignored, unmatched
+    detections outside it not counted); ``size_bins`` in the result reads them off its
+    accumulated precision/recall exactly as its ``summarize`` does for small/medium/large.
     """
     try:
         from pycocotools.coco import COCO
@@ -201,14 +220,24 @@ def coco_eval(annotations: Sequence[Annotation], detections: Sequence[Detections
     results = coco_results(annotations, detections, category_ids)
     stats = dict.fromkeys(COCO_STAT_NAMES, float("nan"))
     per_class = np.full(len(class_names), np.nan)
+    image_ids = [int(a.image_id) for a in annotations]
+    bins = _check_size_bins(size_bins or {})
     if not results:  # loadRes refuses an empty list; with no detections every AP is 0
         stats = dict.fromkeys(COCO_STAT_NAMES, 0.0)
-        return COCOResult(stats, np.zeros(len(class_names)), "no detections")
+        empty_bins = {name: {"AP": 0.0, "AP50": 0.0, "AR": 0.0, "num_gt": _bin_gt_count(gt, image_ids, rng)}
+                      for name, rng in bins.items()}
+        for row in empty_bins.values():
+            if row["num_gt"] == 0:
+                row.update(AP=float("nan"), AP50=float("nan"), AR=float("nan"))
+        return COCOResult(stats, np.zeros(len(class_names)), "no detections", empty_bins)
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         dt = gt.loadRes(results)
         evaluator = COCOeval(gt, dt, "bbox")
-        evaluator.params.imgIds = [int(a.image_id) for a in annotations]
+        evaluator.params.imgIds = image_ids
+        for name, area_range in bins.items():
+            evaluator.params.areaRng.append(list(area_range))
+            evaluator.params.areaRngLbl.append(name)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -221,7 +250,58 @@ def coco_eval(annotations: Sequence[Annotation], detections: Sequence[Detections
             p = precision[:, :, cat_ids.index(cid), 0, -1]
             p = p[p > -1]
             per_class[k] = float(p.mean()) if p.size else float("nan")
-    return COCOResult(stats, per_class, buffer.getvalue())
+    size_results = {name: _bin_metrics(evaluator, name, gt, image_ids, rng) for name, rng in bins.items()}
+    return COCOResult(stats, per_class, buffer.getvalue(), size_results)
+
+
+def _check_size_bins(size_bins: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """Side ranges (pixels) -> area ranges, refusing reversed or negative bins and COCO's names."""
+    areas = {}
+    for name, bounds in size_bins.items():
+        if name in ("all", "small", "medium", "large"):
+            raise ValueError(f"size bin {name!r}: that name is one of COCO's own area ranges")
+        lo, hi = (float(v) for v in bounds)
+        if not 0 <= lo < hi:
+            raise ValueError(f"size bin {name!r}: need 0 <= min side < max side, got {bounds}")
+        areas[name] = (lo * lo, hi * hi)
+    return areas
+
+
+def _bin_gt_count(gt, image_ids: list[int], area_range: tuple[float, float]) -> int:
+    """Non-crowd ground truth whose COCO ``area`` is in the range (pycocotools' test, inclusive)."""
+    lo, hi = area_range
+    wanted = set(image_ids)
+    return sum(1 for a in gt.dataset["annotations"]
+               if a["image_id"] in wanted and not a.get("iscrowd", 0) and lo <= a["area"] <= hi)
+
+
+def _bin_metrics(evaluator, name: str, gt, image_ids: list[int], area_range) -> dict[str, float]:
+    """AP@[.5:.95], AP50 and AR (100 detections) of one area range, as ``COCOeval.summarize``
+    averages them: over IoU thresholds, recall points and categories, ignoring -1 (undefined)."""
+    params = evaluator.params
+    a = params.areaRngLbl.index(name)
+    m = params.maxDets.index(100) if 100 in params.maxDets else len(params.maxDets) - 1
+
+    def mean(values: np.ndarray) -> float:
+        values = values[values > -1]
+        return float(values.mean()) if values.size else float("nan")
+
+    precision = evaluator.eval["precision"][:, :, :, a, m]  # [T, R, K]
+    recall = evaluator.eval["recall"][:, :, a, m]  # [T, K]
+    at50 = np.flatnonzero(np.isclose(params.iouThrs, 0.5))
+    return {"AP": mean(precision), "AP50": mean(precision[at50]), "AR": mean(recall),
+            "num_gt": _bin_gt_count(gt, image_ids, area_range)}
+
+
+def format_size_bins(result: COCOResult) -> str:
+    """One line per size bin: ground truth count, AP@[.5:.95], AP50, AR@100 (percent)."""
+    def pct(v: float) -> str:
+        return "    -" if v is None or math.isnan(v) else f"{100 * v:5.1f}"
+
+    lines = [f"{'size bin (side)':<16} {'#gt':>6} {'AP':>6} {'AP50':>6} {'AR100':>6}"]
+    for name, row in result.size_bins.items():
+        lines.append(f"{name:<16} {row['num_gt']:>6} {pct(row['AP']):>6} {pct(row['AP50']):>6} {pct(row['AR']):>6}")
+    return "\n".join(lines)
 
 
 def format_table(class_names: Sequence[str], voc: VOCResult | None = None, coco: COCOResult | None = None) -> str:

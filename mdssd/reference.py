@@ -108,6 +108,24 @@ def decode(loc: Tensor, priors: Tensor, variance_xy: float, variance_wh: float) 
     return torch.cat([center - half, center + half], dim=-1).clamp(0, 1)
 
 
+def assign(iou: Tensor, iou_threshold: float) -> tuple[Tensor, Tensor]:
+    """The matching rule of :func:`match_encode` on one image's ``iou [G,P]`` (G >= 1): per prior
+    the ground truth it takes (``best_gt [P]``) and whether it is a positive (``positive [P]``)."""
+    num_priors = iou.shape[1]
+    best_prior = iou.argmax(dim=1)  # first maximum: lowest prior index
+    best_prior_iou = iou.gather(1, best_prior[:, None])[:, 0]
+    best_gt = iou.argmax(dim=0)  # first maximum: lowest gt index
+    best_gt_iou = iou.gather(0, best_gt[None, :])[0]
+
+    forcing = best_prior_iou > 0
+    forced_gt = torch.full((num_priors,), -1, dtype=torch.long, device=iou.device)
+    gt_index = torch.arange(iou.shape[0], device=iou.device)
+    forced_gt.scatter_reduce_(0, best_prior[forcing], gt_index[forcing], reduce="amax")
+    is_forced = forced_gt >= 0
+    best_gt = torch.where(is_forced, forced_gt, best_gt)
+    return best_gt, is_forced | (best_gt_iou >= iou_threshold)
+
+
 def match_encode(
     priors: Tensor,
     gt_boxes: Tensor,
@@ -137,20 +155,7 @@ def match_encode(
         n = int(gt_counts[b])
         if n == 0 or num_priors == 0:  # nothing to match (no ground truth or no prior)
             continue
-        iou = box_iou(gt_boxes[b, :n], prior_boxes)  # [n, P]
-        best_prior = iou.argmax(dim=1)  # first maximum: lowest prior index
-        best_prior_iou = iou.gather(1, best_prior[:, None])[:, 0]
-        best_gt = iou.argmax(dim=0)  # first maximum: lowest gt index
-        best_gt_iou = iou.gather(0, best_gt[None, :])[0]
-
-        forcing = best_prior_iou > 0
-        forced_gt = torch.full((num_priors,), -1, dtype=torch.long, device=priors.device)
-        gt_index = torch.arange(n, device=priors.device)
-        forced_gt.scatter_reduce_(0, best_prior[forcing], gt_index[forcing], reduce="amax")
-        is_forced = forced_gt >= 0
-        best_gt = torch.where(is_forced, forced_gt, best_gt)
-        positive = is_forced | (best_gt_iou >= iou_threshold)
-
+        best_gt, positive = assign(box_iou(gt_boxes[b, :n], prior_boxes), iou_threshold)
         labels[b] = torch.where(positive, gt_labels[b, best_gt], torch.zeros_like(best_gt))
         offsets = encode(gt_boxes[b, best_gt[positive]], priors[positive], variance_xy, variance_wh)
         loc[b, positive] = offsets

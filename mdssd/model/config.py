@@ -12,6 +12,13 @@ Presets:
   every VGG/extra/fusion width divided by 4, three extra pairs (conv8_2 4, conv9_2 2, conv10_2 1),
   so each Fusion Block doubles exactly three times like MDSSD512 (32<-4, 16<-2, 8<-1).
   Six sources 32, 16, 8, 4, 2, 1 and 5,620 priors; about 1/60 of MDSSD300's compute.
+* ``ssd_tiny``: the SSD twin of ``mdssd_tiny`` (same backbone and extras, no Fusion Blocks), with
+  SSD's sources conv4_3 (16), conv7 (8) and the extras, and MDSSD's priors on those maps (the
+  stride-4 ones dropped, as SSD300 is MDSSD300 without its 75x75 layer): 1,524 priors.
+* ``ssd_tiny_s4`` / ``ssd300_s4`` / ``ssd512_s4``: SSD plus the shallow stride-4 source conv3_3
+  (with its own L2Norm, as conv4_3 has in SSD) and MDSSD's priors, no Fusion Blocks. They have
+  MDSSD's prediction layers and priors exactly, so against MDSSD they isolate the Fusion Block;
+  against SSD, the extra high-resolution layer.
 """
 
 from __future__ import annotations
@@ -107,7 +114,8 @@ class ModelConfig:
     """Everything that defines a detector. ``sources`` names the maps the heads predict from, in
     prior order; names are ``conv3_3``, ``conv4_3``, ``conv7``, the extras' ``<name>_2`` and the
     Fusion Blocks' ``name``. ``fusion`` empty means SSD. ``ssd_l2norm_scale`` is the initial scale
-    of SSD's L2Norm on conv4_3, applied only when ``conv4_3`` itself is a source (the baselines)."""
+    of SSD's L2Norm on conv4_3, applied only when ``conv4_3`` itself is a source (the baselines);
+    ``conv3_3_l2norm_scale`` the same for conv3_3 as a source (the ``*_s4`` presets)."""
 
     name: str
     image_size: int
@@ -122,6 +130,9 @@ class ModelConfig:
     fusion_scale_low: float = 20.0  # L2Norm scale init, lower (shallow) branch
     l2norm_eps: float = 1e-10  # lower bound of the L2 norms (mdssd.ops.l2norm_sum's eps)
     ssd_l2norm_scale: float = 20.0
+    # conv3_3 as a source (the *_s4 presets): 20 like conv4_3 in SSD and like the Fusion Block's
+    # lower (shallow) branch, which normalises the same map in MDSSD.
+    conv3_3_l2norm_scale: float = 20.0
     variance_xy: float = 0.1
     variance_wh: float = 0.2
     loss: LossConfig = field(default_factory=LossConfig)
@@ -216,6 +227,18 @@ PRIORS_MDSSD512 = PriorConfig(
 )
 
 _TINY_LAYOUT = tuple(c // 4 if isinstance(c, int) else c for c in VGG16_LAYOUT)
+EXTRAS_TINY = (
+    ExtraConfig("conv8", 64, 128, 3, 2, 1),  # 8 -> 4
+    ExtraConfig("conv9", 32, 64, 3, 2, 1),  # 4 -> 2
+    ExtraConfig("conv10", 32, 64, 3, 2, 1),  # 2 -> 1
+)
+PRIORS_MDSSD_TINY = PriorConfig(
+    feature_maps=(32, 16, 8, 4, 2, 1),
+    steps=(4, 8, 16, 32, 64, 128),
+    min_sizes=(8, 16, 32, 56, 80, 104),
+    max_sizes=(16, 32, 56, 80, 104, 128),
+    aspect_ratios=((2,), (2,), (2, 3), (2, 3), (2,), (2,)),
+)
 
 PRESETS: dict[str, ModelConfig] = {
     "mdssd300": ModelConfig(
@@ -242,11 +265,7 @@ PRESETS: dict[str, ModelConfig] = {
     "mdssd_tiny": ModelConfig(
         name="mdssd_tiny", image_size=128,
         backbone=BackboneConfig(layout=_TINY_LAYOUT, fc_channels=256),
-        extras=(
-            ExtraConfig("conv8", 64, 128, 3, 2, 1),  # 8 -> 4
-            ExtraConfig("conv9", 32, 64, 3, 2, 1),  # 4 -> 2
-            ExtraConfig("conv10", 32, 64, 3, 2, 1),  # 2 -> 1
-        ),
+        extras=EXTRAS_TINY,
         fusion=(
             FusionConfig("module1", "conv3_3", "conv8_2", 64, (2, 2, 2)),  # 4 -> 32
             FusionConfig("module2", "conv4_3", "conv9_2", 128, (2, 2, 2)),  # 2 -> 16
@@ -254,15 +273,27 @@ PRESETS: dict[str, ModelConfig] = {
         ),
         fusion_channels=64,
         sources=("module1", "module2", "module3", "conv8_2", "conv9_2", "conv10_2"),
-        priors=PriorConfig(
-            feature_maps=(32, 16, 8, 4, 2, 1),
-            steps=(4, 8, 16, 32, 64, 128),
-            min_sizes=(8, 16, 32, 56, 80, 104),
-            max_sizes=(16, 32, 56, 80, 104, 128),
-            aspect_ratios=((2,), (2,), (2, 3), (2, 3), (2,), (2,)),
-        ),
+        priors=PRIORS_MDSSD_TINY,
     ),
 }
+
+
+def _without_first_map(priors: PriorConfig) -> PriorConfig:
+    """The prior config minus its first (stride-4) map: SSD's layers under MDSSD's boxes."""
+    return PriorConfig(*(getattr(priors, f.name)[1:] for f in dataclasses.fields(PriorConfig)
+                         if f.name != "clip"), clip=priors.clip)
+
+
+# SSD twins of the small preset and the stride-4 ablation presets (module docstring).
+PRESETS["ssd_tiny"] = PRESETS["mdssd_tiny"].replace(
+    name="ssd_tiny", fusion=(), sources=("conv4_3", "conv7", "conv8_2", "conv9_2", "conv10_2"),
+    priors=_without_first_map(PRIORS_MDSSD_TINY))
+PRESETS["ssd_tiny_s4"] = PRESETS["ssd_tiny"].replace(
+    name="ssd_tiny_s4", sources=("conv3_3",) + PRESETS["ssd_tiny"].sources, priors=PRIORS_MDSSD_TINY)
+PRESETS["ssd300_s4"] = PRESETS["ssd300"].replace(
+    name="ssd300_s4", sources=("conv3_3",) + PRESETS["ssd300"].sources, priors=PRIORS_MDSSD300)
+PRESETS["ssd512_s4"] = PRESETS["ssd512"].replace(
+    name="ssd512_s4", sources=("conv3_3",) + PRESETS["ssd512"].sources, priors=PRIORS_MDSSD512)
 
 
 def get_config(name: str, **overrides) -> ModelConfig:

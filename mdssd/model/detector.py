@@ -44,8 +44,11 @@ class Detector(nn.Module):
             self.fusion.append(block)
             channels[f.name], sizes[f.name] = f.out_channels, sizes[f.low]
         # SSD normalises conv4_3 before predicting from it; MDSSD's Fusion Block normalises instead.
+        # conv3_3 as a source (the *_s4 ablation presets) gets its own L2Norm the same way.
         self.conv4_3_norm = (L2Norm(channels["conv4_3"], config.ssd_l2norm_scale, config.l2norm_eps)
                              if "conv4_3" in config.sources else None)
+        self.conv3_3_norm = (L2Norm(channels["conv3_3"], config.conv3_3_l2norm_scale, config.l2norm_eps)
+                             if "conv3_3" in config.sources else None)
 
         unknown = [s for s in config.sources if s not in sizes]
         if unknown:
@@ -91,6 +94,8 @@ class Detector(nn.Module):
             maps[f.name] = block(maps[f.low], maps[f.high])
         if self.conv4_3_norm is not None:
             maps["conv4_3"] = self.conv4_3_norm(maps["conv4_3"])
+        if self.conv3_3_norm is not None:
+            maps["conv3_3"] = self.conv3_3_norm(maps["conv3_3"])
         return [maps[s] for s in self.config.sources]
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -147,7 +152,8 @@ class Detector(nn.Module):
 
 def build_model(name: str, num_classes: int = 21, backend: "str | Backend" = "ext",
                 batch_norm: bool = False, **overrides) -> Detector:
-    """A preset (``mdssd300``, ``mdssd512``, ``ssd300``, ``ssd512``, ``mdssd_tiny``) with
+    """A preset (``mdssd300``, ``mdssd512``, ``ssd300``, ``ssd512``, ``mdssd_tiny``, ``ssd_tiny``,
+    the ``*_s4`` ablation twins; see :mod:`mdssd.model.config`) with
     ``num_classes`` (background included), ``batch_norm`` in the backbone and any other
     :class:`ModelConfig` field overridden."""
     return Detector(get_config(name, num_classes=num_classes, batch_norm=batch_norm, **overrides), backend)
