@@ -21,6 +21,7 @@
 #include <ATen/ops/copy_native.h>
 #include <ATen/ops/resize_native.h>
 #include <ATen/ops/set_native.h>
+#include <ATen/ops/unfold_native.h>
 #include <ATen/ops/view_native.h>
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
@@ -120,10 +121,28 @@ const bool kHooks = [] {
   return true;
 }();
 
-// A CPU tensor over the same host memory (the device's memory is host memory).
+// A CPU tensor over the same host memory (the device's memory is host memory): a view of the
+// whole storage, so that storage offsets and views made from it map back onto the device tensor.
 at::Tensor as_cpu(const at::Tensor& t) {
-  if (t.is_cpu()) return t;
-  return at::from_blob(t.data_ptr(), t.sizes(), t.strides(), t.options().device(at::kCPU));
+  if (!t.defined() || t.is_cpu()) return t;
+  const int64_t elements = static_cast<int64_t>(t.storage().nbytes() / t.element_size());
+  return at::from_blob(t.storage().mutable_data(), {elements}, t.options().device(at::kCPU))
+      .as_strided(t.sizes(), t.strides(), t.storage_offset());
+}
+
+void free_kept_storage(void* ctx) { delete static_cast<c10::Storage*>(ctx); }
+
+// A device tensor over a fresh CPU tensor's memory, keeping the CPU storage alive: no copy.
+at::Tensor wrap_cpu(const at::Tensor& cpu) {
+  const c10::Storage& storage = cpu.storage();
+  c10::DataPtr data(storage.mutable_data(), new c10::Storage(storage), &free_kept_storage,
+                    c10::Device(kEmu, 0));
+  c10::Storage wrapped(c10::Storage::use_byte_size_t(), storage.nbytes(), std::move(data),
+                       /*allocator=*/nullptr, /*resizable=*/false);
+  auto t = at::detail::make_tensor<c10::TensorImpl>(
+      std::move(wrapped), c10::DispatchKeySet(c10::DispatchKey::PrivateUse1), cpu.dtype());
+  t.unsafeGetTensorImpl()->set_sizes_and_strides(cpu.sizes(), cpu.strides(), cpu.storage_offset());
+  return t;
 }
 
 at::Tensor empty_memory_format(c10::IntArrayRef size, std::optional<c10::ScalarType> dtype,
@@ -168,6 +187,10 @@ at::Tensor view(const at::Tensor& self, c10::IntArrayRef size) {
   return at::native::view(self, size);
 }
 
+at::Tensor unfold(const at::Tensor& self, int64_t dimension, int64_t size, int64_t step) {
+  return at::native::unfold(self, dimension, size, step);
+}
+
 // Copies between the device and the CPU or within the device: a CPU copy between aliases.
 at::Tensor copy_from(const at::Tensor& self, const at::Tensor& dst, bool non_blocking) {
   at::Tensor dst_cpu = as_cpu(dst);
@@ -197,12 +220,90 @@ at::Tensor& set_storage_offset(at::Tensor& self, at::Storage source, int64_t off
   return at::native::set_storage_cpu_(self, source, offset, size, stride);
 }
 
+// Every aten op without a kernel here runs its CPU kernel on CPU aliases of the device tensors
+// (the memory is shared: in-place and out= results land in device memory); fresh results are
+// wrapped as device tensors, results that alias an argument become views of it. torch's own
+// at::native::cpu_fallback copies every operand both ways (3-4x slower on the tests' large
+// comparisons); it remains the fallback of this fallback, for what the aliasing path cannot do
+// (an out= tensor that must grow), and MDSSD_CUDA_EMU_COPY_FALLBACK=1 selects it always.
+void alias_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  const auto& schema = op.schema();
+  const size_t num_args = schema.arguments().size();
+  auto args = torch::jit::last(*stack, num_args);
+  std::vector<c10::IValue> saved(args.begin(), args.end());
+  std::vector<at::Tensor> originals;  // device tensors whose CPU alias went to the kernel
+  std::vector<at::Tensor> aliases;
+  auto to_cpu = [&](const at::Tensor& t) {
+    if (!t.defined() || t.device().type() != kEmu) return t;
+    originals.push_back(t);
+    aliases.push_back(as_cpu(t));
+    return aliases.back();
+  };
+  for (size_t i = 0; i < num_args; ++i) {
+    c10::IValue& v = (*stack)[stack->size() - num_args + i];
+    if (v.isTensor()) {
+      v = to_cpu(v.toTensor());
+    } else if (v.isTensorList()) {  // new lists: c10::List shares its elements with `saved`
+      c10::List<at::Tensor> list;
+      for (const at::Tensor& e : v.toTensorList().vec()) list.push_back(to_cpu(e));
+      v = list;
+    } else if (v.isOptionalTensorList()) {
+      c10::List<std::optional<at::Tensor>> list;
+      for (const std::optional<at::Tensor>& e : v.toOptionalTensorList().vec())
+        list.push_back(e.has_value() ? std::optional<at::Tensor>(to_cpu(*e)) : e);
+      v = list;
+    }
+  }
+  const size_t base = stack->size() - num_args;
+  try {
+    op.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::CPU), stack);
+  } catch (const c10::Error&) {
+    stack->resize(base);
+    for (auto& v : saved) stack->push_back(std::move(v));
+    at::native::cpu_fallback(op, stack);
+    return;
+  }
+  // Metadata changes of in-place view ops (transpose_, ...) made on an alias.
+  for (size_t k = 0; k < originals.size(); ++k) {
+    at::Tensor& o = originals[k];
+    const at::Tensor& a = aliases[k];
+    if (o.sizes() != a.sizes() || o.strides() != a.strides() || o.storage_offset() != a.storage_offset())
+      o.unsafeGetTensorImpl()->set_sizes_and_strides(a.sizes(), a.strides(), a.storage_offset());
+  }
+  auto to_device = [&](const at::Tensor& t) -> at::Tensor {
+    if (!t.defined() || !t.is_cpu()) return t;
+    for (size_t k = 0; k < aliases.size(); ++k) {
+      if (t.storage().data() == aliases[k].storage().data()) {
+        if (t.is_same(aliases[k])) return originals[k];
+        return at::native::as_strided_tensorimpl(originals[k], t.sizes(), t.strides(), t.storage_offset());
+      }
+    }
+    return wrap_cpu(t);
+  };
+  const size_t num_returns = schema.returns().size();
+  for (size_t i = stack->size() - num_returns; i < stack->size(); ++i) {
+    c10::IValue& v = (*stack)[i];
+    if (v.isTensor()) {
+      v = to_device(v.toTensor());
+    } else if (v.isTensorList()) {
+      auto list = v.toTensorList();
+      for (size_t j = 0; j < list.size(); ++j) list.set(j, to_device(list.get(j)));
+      v = list;
+    }
+  }
+}
+
 void cpu_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   const auto& name = op.schema().operator_name().name;
   TORCH_CHECK(name.rfind("mdssd::", 0) != 0, "cuda_emu: ", name,
               " has no kernel for the emulated CUDA device (its CUDA glue is not registered), "
               "and must not fall back to its CPU kernel");
-  at::native::cpu_fallback(op, stack);
+  static const bool copy = std::getenv("MDSSD_CUDA_EMU_COPY_FALLBACK") != nullptr;
+  if (copy) {
+    at::native::cpu_fallback(op, stack);
+  } else {
+    alias_fallback(op, stack);
+  }
 }
 
 }  // namespace
@@ -214,6 +315,7 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
   m.impl("resize_", &resize);
   m.impl("_reshape_alias", &reshape_alias);
   m.impl("view", &view);
+  m.impl("unfold", &unfold);
   m.impl("_copy_from", &copy_from);
   m.impl("_copy_from_and_resize", &copy_from_and_resize);
   m.impl("_local_scalar_dense", &local_scalar_dense);
