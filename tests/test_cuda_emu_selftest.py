@@ -1,7 +1,7 @@
 """The CUDA emulator's own checks can fail: csrc/cuda_emu/selftest/broken_kernels.cu holds
 deliberately broken kernels; each is built with the emulator (as setup.py builds csrc/cuda/*.cu
 for MDSSD_CUDA_EMU=1) and run in its own process, and the diagnostic it must trigger is checked:
-its text, the file:line marked `// expect: <text>` in the source, and a non-zero launch error.
+its text, the file:line marked `// expect(<case>): <text>` in the source, and a non-zero launch error.
 Schedule seeds must turn a missing barrier and an inter-block race into wrong results.
 
 Needs g++ and the CUDA toolkit's headers (not a GPU); skipped without them.
@@ -37,13 +37,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def expected_lines() -> dict[str, int]:
-    """`// expect: <text>` markers: text -> line number in broken_kernels.cu."""
+def expected() -> dict[str, tuple[str, int]]:
+    """`// expect(<case>): <text>` markers: case -> (text of its diagnostic, line number)."""
     found = {}
     for number, line in enumerate(SOURCE.read_text().splitlines(), start=1):
-        match = re.search(r"// expect: (.+)$", line)
+        match = re.search(r"// expect\((\w+)\): (.+)$", line)
         if match:
-            found[match.group(1).strip()] = number
+            found[match.group(1)] = (match.group(2).strip(), number)
     return found
 
 
@@ -73,32 +73,22 @@ def run_case(exe: Path, case: str, seed: int = 0, env: dict | None = None) -> su
     return subprocess.run([str(exe), case], capture_output=True, text=True, env=environment, timeout=60)
 
 
-# case -> the `// expect:` text of the line its diagnostic must name
-DIAGNOSTICS = {
-    "divergent_sync": "barrier divergence",
-    "early_exit_then_sync": "barrier divergence",
-    "two_barriers": "threads wait at different __syncthreads",
-    "shfl_with_exited_lanes": "have exited",
-    "warp_op_vs_barrier": "deadlock",
-    "lanes_in_different_warp_ops": "warp divergence",
-    "shfl_from_lane_outside_mask": "not in the mask",
-    "misaligned_ldg": "misaligned __ldg",
-    "too_many_threads": "invalid launch configuration",
-    "too_much_dynamic_shared": "more than the 48 KB",
-    "dynamic_shared_overrun": "past its launched",
-    "cub_temp_too_small": "temp storage",
-}
+# Every case with a diagnostic (its text and line come from the `// expect(<case>):` marker).
+DIAGNOSTICS = [
+    "divergent_sync", "early_exit_then_sync", "two_barriers", "shfl_with_exited_lanes",
+    "warp_op_vs_barrier", "lanes_in_different_warp_ops", "shfl_from_lane_outside_mask",
+    "misaligned_ldg", "too_many_threads", "too_much_dynamic_shared", "dynamic_shared_overrun",
+    "cub_temp_too_small",
+]
 
 
 def test_every_marker_has_a_case():
-    lines = expected_lines()
-    assert set(DIAGNOSTICS.values()) == set(lines), "markers and cases differ"
+    assert sorted(expected()) == sorted(DIAGNOSTICS), "markers and cases differ"
 
 
-@pytest.mark.parametrize("case", sorted(DIAGNOSTICS))
+@pytest.mark.parametrize("case", DIAGNOSTICS)
 def test_diagnostic_names_file_and_line(broken_kernels, case):
-    text = DIAGNOSTICS[case]
-    line = expected_lines()[text]
+    text, line = expected()[case]
     result = run_case(broken_kernels, case)
     assert result.returncode == 0, result.stderr
     where = f"cuda_emu: {SHOWN}:{line}: "
@@ -140,4 +130,5 @@ def test_asan_names_the_line_of_a_dynamic_shared_overrun(tmp_path):
     assert result.returncode != 0
     # (the canary after the buffer is poisoned: ASan calls the access use-after-poison)
     assert re.search("heap-buffer-overflow|use-after-poison", result.stderr), result.stderr
-    assert f"broken_kernels.cu:{line}" in result.stderr, result.stderr
+    first_frame = re.search(r"#0 0x[0-9a-f]+ in .*", result.stderr)
+    assert first_frame and f"broken_kernels.cu:{line}" in first_frame.group(0), result.stderr

@@ -170,7 +170,7 @@ def test_edge_cases(cuda_device, dtype):
     assert out[3].tolist() == [0, 0, 0] and out[0].shape == (3, 200, 4)
     assert_padding(out)
     # Zero priors, and an empty batch.
-    out = run(loc[:, :0], conf[:, :0], priors[:0], "cuda")
+    out = run(loc[:, :0], conf[:, :0], priors[:0], cuda_device)
     assert out[3].tolist() == [0, 0, 0]
     assert_padding(out)
     out = run(loc[:0], conf[:0], priors, cuda_device)

@@ -128,9 +128,11 @@ __attribute__((naked, noinline)) static void switch_stack(void** /*save*/, void*
       "popq %r15\n\tpopq %r14\n\tpopq %r13\n\tpopq %r12\n\tpopq %rbx\n\tpopq %rbp\n\tret\n\t");
 }
 // First frame of a fiber: the initial stack made by new_fiber_stack holds the fiber in rbx and
-// the entry function in r12; the entry function never returns.
+// the entry function in r12; the entry function never returns. `.cfi_undefined rip` marks the
+// outermost frame, so DWARF unwinders (ASan's reports, debuggers) stop here instead of walking
+// off the fiber's stack.
 __attribute__((naked, noinline)) static void fiber_trampoline() {
-  asm volatile("movq %rbx, %rdi\n\tcall *%r12\n\tud2\n\t");
+  asm volatile(".cfi_undefined rip\n\tmovq %rbx, %rdi\n\tcall *%r12\n\tud2\n\t");
 }
 
 // ------------------------------------------------------------------------------------------

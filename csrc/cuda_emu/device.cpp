@@ -130,12 +130,18 @@ at::Tensor as_cpu(const at::Tensor& t) {
       .as_strided(t.sizes(), t.strides(), t.storage_offset());
 }
 
-void free_kept_storage(void* ctx) { delete static_cast<c10::Storage*>(ctx); }
+// What a wrapped device tensor keeps alive: the CPU storage it reads, and the device tensor that
+// storage aliases, if any (a CPU alias made by as_cpu owns no memory).
+struct Kept {
+  c10::Storage storage;
+  at::Tensor owner;
+};
+void free_kept(void* ctx) { delete static_cast<Kept*>(ctx); }
 
-// A device tensor over a fresh CPU tensor's memory, keeping the CPU storage alive: no copy.
-at::Tensor wrap_cpu(const at::Tensor& cpu) {
+// A device tensor over a CPU tensor's memory, keeping that memory alive: no copy.
+at::Tensor wrap_cpu(const at::Tensor& cpu, const at::Tensor& owner = at::Tensor()) {
   const c10::Storage& storage = cpu.storage();
-  c10::DataPtr data(storage.mutable_data(), new c10::Storage(storage), &free_kept_storage,
+  c10::DataPtr data(storage.mutable_data(), new Kept{storage, owner}, &free_kept,
                     c10::Device(kEmu, 0));
   c10::Storage wrapped(c10::Storage::use_byte_size_t(), storage.nbytes(), std::move(data),
                        /*allocator=*/nullptr, /*resizable=*/false);
@@ -273,9 +279,12 @@ void alias_fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   auto to_device = [&](const at::Tensor& t) -> at::Tensor {
     if (!t.defined() || !t.is_cpu()) return t;
     for (size_t k = 0; k < aliases.size(); ++k) {
-      if (t.storage().data() == aliases[k].storage().data()) {
-        if (t.is_same(aliases[k])) return originals[k];
-        return at::native::as_strided_tensorimpl(originals[k], t.sizes(), t.strides(), t.storage_offset());
+      if (t.is_same(aliases[k])) return originals[k];
+      // A result over an argument's memory (a view): a view of the device tensor.
+      if (t.storage().data() != nullptr && t.storage().data() == aliases[k].storage().data()) {
+        if (t.dtype() == originals[k].dtype())
+          return at::native::as_strided_tensorimpl(originals[k], t.sizes(), t.strides(), t.storage_offset());
+        return wrap_cpu(t, originals[k]);
       }
     }
     return wrap_cpu(t);

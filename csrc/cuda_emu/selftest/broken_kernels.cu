@@ -1,5 +1,5 @@
 // Deliberately broken kernels: each must make the emulator report at the line marked
-// `// expect: <text>` (tests/test_cuda_emu_selftest.py builds this file with the emulator, runs
+// `// expect(<case>): <text>` (tests/test_cuda_emu_selftest.py builds this file with the emulator, runs
 // every case in its own process and checks the report, its file:line and the launch's error),
 // or change its result under a schedule seed. `good_reduce` must run clean.
 //
@@ -13,13 +13,13 @@
 #include <vector>
 
 __global__ void divergent_sync(int* out) {
-  if (threadIdx.x < 16) __syncthreads();  // expect: barrier divergence
+  if (threadIdx.x < 16) __syncthreads();  // expect(divergent_sync): barrier divergence
   out[threadIdx.x] = 1;
 }
 
 __global__ void early_exit_then_sync(int* out) {
   if (threadIdx.x >= 40) return;
-  __syncthreads();  // expect: barrier divergence
+  __syncthreads();  // expect(early_exit_then_sync): barrier divergence
   out[threadIdx.x] = 1;
 }
 
@@ -27,14 +27,14 @@ __global__ void two_barriers(int* out) {
   if (threadIdx.x % 2 == 0) {
     __syncthreads();
   } else {
-    __syncthreads();  // expect: threads wait at different __syncthreads
+    __syncthreads();  // expect(two_barriers): threads wait at different __syncthreads
   }
   out[threadIdx.x] = 1;
 }
 
 __global__ void shfl_with_exited_lanes(float* out) {
   float v = threadIdx.x;
-  if (threadIdx.x < 16) v = __shfl_xor_sync(0xffffffffu, v, 1);  // expect: have exited
+  if (threadIdx.x < 16) v = __shfl_xor_sync(0xffffffffu, v, 1);  // expect(shfl_with_exited_lanes): have exited
   out[threadIdx.x] = v;
 }
 
@@ -42,7 +42,7 @@ __global__ void warp_op_vs_barrier(int* out) {
   if (threadIdx.x == 0) {
     out[0] = __shfl_sync(0xffffffffu, 1, 0);
   } else {
-    __syncthreads();  // expect: deadlock
+    __syncthreads();  // expect(warp_op_vs_barrier): deadlock
   }
 }
 
@@ -51,19 +51,19 @@ __global__ void lanes_in_different_warp_ops(int* out) {
   if (threadIdx.x < 8) {
     v = __shfl_xor_sync(0xffffffffu, v, 1);
   } else {
-    v = __ballot_sync(0xffffffffu, v > 3);  // expect: warp divergence
+    v = __ballot_sync(0xffffffffu, v > 3);  // expect(lanes_in_different_warp_ops): warp divergence
   }
   out[threadIdx.x] = v;
 }
 
 __global__ void shfl_from_lane_outside_mask(int* out) {
   int v = threadIdx.x;
-  if (threadIdx.x < 16) v = __shfl_sync(0x0000ffffu, v, 20);  // expect: not in the mask
+  if (threadIdx.x < 16) v = __shfl_sync(0x0000ffffu, v, 20);  // expect(shfl_from_lane_outside_mask): not in the mask
   out[threadIdx.x] = v;
 }
 
 __global__ void misaligned_ldg(const float* p, float* out) {
-  const float4 v = __ldg(reinterpret_cast<const float4*>(p + 1));  // expect: misaligned __ldg
+  const float4 v = __ldg(reinterpret_cast<const float4*>(p + 1));  // expect(misaligned_ldg): misaligned __ldg
   out[0] = v.x;
 }
 
@@ -133,11 +133,11 @@ int run(const char* name) {
   } else if (!std::strcmp(name, "misaligned_ldg")) {
     misaligned_ldg<<<1, 1>>>(fin.data(), fout.data());
   } else if (!std::strcmp(name, "too_many_threads")) {
-    good_reduce<<<1, 2048>>>(out.data(), out.data());  // expect: invalid launch configuration
+    good_reduce<<<1, 2048>>>(out.data(), out.data());  // expect(too_many_threads): invalid launch configuration
   } else if (!std::strcmp(name, "too_much_dynamic_shared")) {
-    dynamic_shared_overrun<<<1, 32, 64 * 1024>>>(out.data());  // expect: more than the 48 KB
+    dynamic_shared_overrun<<<1, 32, 64 * 1024>>>(out.data());  // expect(too_much_dynamic_shared): more than the 48 KB
   } else if (!std::strcmp(name, "dynamic_shared_overrun")) {
-    dynamic_shared_overrun<<<1, 32, 31 * sizeof(int)>>>(out.data());  // expect: past its launched
+    dynamic_shared_overrun<<<1, 32, 31 * sizeof(int)>>>(out.data());  // expect(dynamic_shared_overrun): past its launched
   } else if (!std::strcmp(name, "cub_temp_too_small")) {
     std::vector<uint32_t> keys(100, 1), keys_out(100);
     std::vector<int64_t> vals(100, 2), vals_out(100);
@@ -146,7 +146,7 @@ int run(const char* name) {
                                     vals_out.data(), 100);
     std::vector<unsigned char> temp(need);
     size_t have = need - 1;
-    cub::DeviceRadixSort::SortPairs(temp.data(), have, keys.data(), keys_out.data(),  // expect: temp storage
+    cub::DeviceRadixSort::SortPairs(temp.data(), have, keys.data(), keys_out.data(),  // expect(cub_temp_too_small): temp storage
                                     vals.data(), vals_out.data(), 100);
   } else if (!std::strcmp(name, "missing_sync")) {
     missing_sync<<<1, 64>>>(out.data());
