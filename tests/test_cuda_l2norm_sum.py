@@ -12,6 +12,7 @@ import torch
 
 import mdssd
 from mdssd import ops, reference
+from devices import is_emulated
 
 pytestmark = pytest.mark.usefixtures("cuda_device")
 
@@ -244,7 +245,13 @@ def test_backward_is_deterministic(cuda_device, gen, channels_last, channels):
 def test_opcheck(cuda_device, gen, channels_last):
     a, b, sa, sb = make_inputs(cuda_device, gen, (2, 12, 5, 4), torch.float32, channels_last)
     inputs = [t.requires_grad_(True) for t in (a, b, sa, sb)]
-    torch.library.opcheck(torch.ops.mdssd.l2norm_sum.default, (*inputs, 1e-10))
+    # torch's autograd-registration check runs only on CPU/CUDA/XPU tensors ("NYI" for others):
+    # on the emulated device the other three checks run (the autograd formula itself is
+    # checked against the reference in test_backward_matches_autograd_of_reference).
+    checks = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+    if is_emulated(cuda_device):
+        checks = tuple(c for c in checks if c != "test_autograd_registration")
+    torch.library.opcheck(torch.ops.mdssd.l2norm_sum.default, (*inputs, 1e-10), test_utils=checks)
     grad = torch.randn_like(a)
     torch.library.opcheck(torch.ops.mdssd.l2norm_sum_backward.default,
                           (grad, a.detach(), b.detach(), sa.detach(), sb.detach(), 1e-10))
