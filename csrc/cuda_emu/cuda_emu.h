@@ -481,6 +481,10 @@ inline void run_block(Block& b, const char* kernel_name, const char* file, int l
       break;
     }
   }
+#if CUDA_EMU_ASAN
+  // Under ASan the canary is poisoned (an overrun aborts at the access); readable for the check.
+  __asan_unpoison_memory_region(b.dyn_smem.data() + b.dyn_bytes, kCanaryBytes);
+#endif
   for (size_t i = 0; i < kCanaryBytes; ++i) {
     if (b.dyn_smem[b.dyn_bytes + i] != kCanary) {
       report(cudaErrorIllegalAddress, file, line,
