@@ -2,6 +2,11 @@
 
 MDSSD_CUDA=1 forces a CUDA build (fails if torch has no CUDA or nvcc is missing), MDSSD_CUDA=0
 forces a CPU-only build; unset, CUDA is built when torch has CUDA and nvcc is found.
+
+MDSSD_CUDA_EMU=1 builds the emulated-CUDA extension instead (docs/cuda_emu.md): the CPU kernels,
+plus csrc/cuda/*.cu compiled unchanged by the host compiler against csrc/cuda_emu/ and the real
+CUDA glue, on the torch device "cuda_emu". It needs the CUDA toolkit's headers (not nvcc, a GPU
+or a CUDA torch). MDSSD_CUDA_EMU_SANITIZE=1 adds AddressSanitizer and UBSan to that build.
 """
 
 import glob
@@ -69,6 +74,54 @@ def default_cuda_archs() -> None:
         print("mdssd: no GPU visible, building CUDA kernels for TORCH_CUDA_ARCH_LIST=8.0;9.0+PTX")
 
 
+def want_cuda_emu() -> bool:
+    choice = os.environ.get("MDSSD_CUDA_EMU", "").strip()
+    if choice not in ("", "0", "1"):
+        raise RuntimeError(f"MDSSD_CUDA_EMU must be 0 or 1, got {choice!r}")
+    return choice == "1"
+
+
+def cuda_emu_extension(sources, cxx, args):
+    """The CPU kernels plus the CUDA kernels and glue on the emulator (csrc/cuda_emu/)."""
+    headers = os.path.join(CUDA_HOME or "/usr/local/cuda", "include")
+    if not os.path.isfile(os.path.join(headers, "cuda_runtime_api.h")):
+        raise RuntimeError(
+            "MDSSD_CUDA_EMU=1 needs the CUDA toolkit's headers (cuda_runtime_api.h, vector_types.h, "
+            f"cuda_fp16.h, cuda_bf16.h; no GPU or nvcc needed): not found in {headers}. "
+            "Set CUDA_HOME to a toolkit."
+        )
+    sys.path.insert(0, os.path.abspath("csrc/cuda_emu"))
+    from prep import prepare  # the .cu -> C++ rewrite (launch syntax, extern __shared__)
+
+    generated = os.path.join("build", "cuda_emu_src")
+    os.makedirs(generated, exist_ok=True)
+    for cu in sorted(glob.glob("csrc/cuda/*.cu")):
+        out = os.path.join(generated, os.path.basename(cu)[: -len(".cu")] + "_emu.cpp")
+        prepare(cu, out)
+        sources.append(out)
+    glue = [f for f in sorted(glob.glob("csrc/cuda/*.cpp")) if not f.endswith("cuda_stream.cpp")]
+    sources += glue + ["csrc/cuda_emu/device.cpp", "csrc/cuda_emu/stream.cpp"]
+    cxx = [*cxx, "-Wno-unknown-pragmas"]
+    link = list(args.pop("extra_link_args"))
+    if os.environ.get("MDSSD_CUDA_EMU_SANITIZE", "").strip() == "1":
+        # vptr is off: it checks torch's classes across libraries and reports false positives.
+        sanitize = ["-fsanitize=address,undefined", "-fno-sanitize=vptr", "-fno-sanitize-recover=all",
+                    "-fno-omit-frame-pointer", "-g"]
+        cxx += [*sanitize, "-O1"]  # -O1: a quicker build, and ASan reports keep their frames
+        link += sanitize
+    # csrc/cuda_emu/include comes first: its cuda_runtime.h and cub/ headers shadow the toolkit's.
+    args["include_dirs"] = [
+        os.path.abspath("csrc/cuda_emu/include"), *args["include_dirs"], os.path.abspath(headers)
+    ]
+    return CppExtension(
+        sources=sources,
+        define_macros=[("MDSSD_WITH_CUDA", None), ("MDSSD_CUDA_EMU", None)],
+        extra_compile_args={"cxx": cxx},
+        extra_link_args=link,
+        **args,
+    )
+
+
 def extension():
     sources = ["csrc/mdssd.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
     # -fopenmp: at::parallel_for only goes parallel when compiled with OpenMP.
@@ -80,6 +133,8 @@ def extension():
         include_dirs=[os.path.abspath("csrc")],
         extra_link_args=["-fopenmp"],
     )
+    if want_cuda_emu():
+        return cuda_emu_extension(sources, cxx, args)
     if want_cuda():
         default_cuda_archs()
         sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))

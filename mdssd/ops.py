@@ -49,6 +49,7 @@ __all__ = [
     "batched_nms",
     "ssd_postprocess",
     "cuda_available",
+    "cuda_emu_available",
 ]
 
 
@@ -57,6 +58,20 @@ def cuda_available() -> bool:
     return torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
         "mdssd::box_iou", "CUDA"
     )
+
+
+def cuda_emu_available() -> bool:
+    """Whether this is the emulated-CUDA build (``MDSSD_CUDA_EMU=1``, docs/cuda_emu.md): the CUDA
+    kernels and glue then run on the CPU, on the torch device ``"cuda_emu"``."""
+    return torch._C._get_privateuse1_backend_name() == "cuda_emu" and (
+        torch._C._dispatch_has_kernel_for_dispatch_key("mdssd::box_iou", "PrivateUse1")
+    )
+
+
+if cuda_emu_available():
+    from . import _cuda_emu
+
+    _cuda_emu.register()
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:

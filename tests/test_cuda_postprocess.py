@@ -18,9 +18,7 @@ import torch
 import mdssd
 from mdssd import ops, reference
 
-pytestmark = pytest.mark.skipif(
-    not mdssd.ops.cuda_available(), reason="needs a CUDA device and a CUDA build of mdssd"
-)
+pytestmark = pytest.mark.usefixtures("cuda_device")
 
 DEFAULTS = dict(variance_xy=0.1, variance_wh=0.2, score_threshold=0.01, iou_threshold=0.45,
                 top_k_per_class=400, keep_top_k=200)
@@ -94,9 +92,9 @@ def assert_same_sets(got, want, dtype, max_unmatched_fraction=0.005):
     "batch,num_priors,num_classes",
     [(1, 1, 2), (2, 7, 3), (2, 64, 5), (3, 500, 5), (2, 2000, 21), (1, 129, 2)],
 )
-def test_matches_cpu_and_reference(dtype, batch, num_priors, num_classes):
+def test_matches_cpu_and_reference(cuda_device, dtype, batch, num_priors, num_classes):
     loc, conf, priors = make_inputs(batch, num_priors, num_classes, dtype, seed=num_priors)
-    cuda = run(loc, conf, priors, "cuda")
+    cuda = run(loc, conf, priors, cuda_device)
     cpu = run(loc, conf, priors, "cpu")
     assert_same_rows(cuda, cpu, dtype)
     ref = reference.ssd_postprocess(loc, conf, priors, **DEFAULTS)
@@ -117,13 +115,13 @@ def test_matches_cpu_and_reference(dtype, batch, num_priors, num_classes):
         dict(score_threshold=0.3),
     ],
 )
-def test_parameters(dtype, kwargs):
+def test_parameters(cuda_device, dtype, kwargs):
     loc, conf, priors = make_inputs(2, 700, 6, dtype, seed=5)
-    assert_same_rows(run(loc, conf, priors, "cuda", **kwargs), run(loc, conf, priors, "cpu", **kwargs), dtype)
+    assert_same_rows(run(loc, conf, priors, cuda_device, **kwargs), run(loc, conf, priors, "cpu", **kwargs), dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_large_top_k_uses_global_scratch(dtype):
+def test_large_top_k_uses_global_scratch(cuda_device, dtype):
     # top_k 1000: the per-(image, class) candidates and mask (> 46 KB) live in global memory;
     # top_k 3000: the mask has 47 words per row (more than warp 0's 32 lanes);
     # keep_top_k 5000: the per-image merge scratch lives in global memory too;
@@ -132,13 +130,13 @@ def test_large_top_k_uses_global_scratch(dtype):
     loc, conf, priors = make_inputs(2, 4000, 4, dtype, seed=9, logit_scale=1.0)
     for kwargs in (dict(top_k_per_class=1000), dict(top_k_per_class=3000, keep_top_k=5000),
                    dict(top_k_per_class=2000, keep_top_k=3000, iou_threshold=1.0)):
-        cuda = run(loc, conf, priors, "cuda", **kwargs)
+        cuda = run(loc, conf, priors, cuda_device, **kwargs)
         cpu = run(loc, conf, priors, "cpu", **kwargs)
         assert_same_rows(cuda, cpu, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_exact_score_ties(dtype):
+def test_exact_score_ties(cuda_device, dtype):
     # Every prior has the same logits and zero size offsets: all scores of a class are
     # bit-identical on each device, so top-k takes the lowest prior indices, NMS keeps the
     # lower-index box of an overlapping pair, and the merge orders tied scores by class, then
@@ -151,7 +149,7 @@ def test_exact_score_ties(dtype):
     loc[..., :2] = (0.3 * torch.randn(2, num_priors, 2, generator=gen, dtype=torch.float64)).to(dtype)
     conf = torch.tensor([0.0, 1.0, 1.0, 0.5], dtype=dtype).expand(2, num_priors, num_classes).contiguous()
     for kwargs in (dict(top_k_per_class=50, keep_top_k=120), dict(top_k_per_class=2000, keep_top_k=3000)):
-        cuda = run(loc, conf, priors, "cuda", **kwargs)
+        cuda = run(loc, conf, priors, cuda_device, **kwargs)
         cpu = run(loc, conf, priors, "cpu", **kwargs)
         assert_same_rows(cuda, cpu, dtype)
         ref = reference.ssd_postprocess(loc, conf, priors, **{**DEFAULTS, **kwargs})
@@ -159,40 +157,41 @@ def test_exact_score_ties(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_edge_cases(dtype):
+def test_edge_cases(cuda_device, dtype):
     loc, conf, priors = make_inputs(3, 300, 5, dtype, seed=2)
-    # All scores under the threshold: nothing detected, every row is padding.
-    out = run(loc, conf, priors, "cuda", score_threshold=0.999)
+    # All scores under the threshold: nothing detected, every row is padding. (0.999 was not
+    # enough: these inputs have scores up to 0.9999, on the CPU too.)
+    out = run(loc, conf, priors, cuda_device, score_threshold=0.99999)
     assert out[3].tolist() == [0, 0, 0]
     assert_padding(out)
-    assert_same_rows(out, run(loc, conf, priors, "cpu", score_threshold=0.999), dtype)
+    assert_same_rows(out, run(loc, conf, priors, "cpu", score_threshold=0.99999), dtype)
     # Background only.
-    out = run(loc, conf[..., :1].contiguous(), priors, "cuda")
+    out = run(loc, conf[..., :1].contiguous(), priors, cuda_device)
     assert out[3].tolist() == [0, 0, 0] and out[0].shape == (3, 200, 4)
     assert_padding(out)
     # Zero priors, and an empty batch.
-    out = run(loc[:, :0], conf[:, :0], priors[:0], "cuda")
+    out = run(loc[:, :0], conf[:, :0], priors[:0], cuda_device)
     assert out[3].tolist() == [0, 0, 0]
     assert_padding(out)
-    out = run(loc[:0], conf[:0], priors, "cuda")
+    out = run(loc[:0], conf[:0], priors, cuda_device)
     assert [tuple(t.shape) for t in out] == [(0, 200, 4), (0, 200), (0, 200), (0,)]
     # Zero-area and inverted decoded boxes (clipping collapses them): IoU 0, never suppressed.
     far = loc.clone()
     far[..., :2] = 1000.0
-    assert_same_rows(run(far, conf, priors, "cuda"), run(far, conf, priors, "cpu"), dtype)
+    assert_same_rows(run(far, conf, priors, cuda_device), run(far, conf, priors, "cpu"), dtype)
     # Non-contiguous inputs (sliced on the device: a copy to the device would be contiguous).
-    wide_conf = torch.cat([conf, conf], dim=2).cuda()[..., 5:]
+    wide_conf = torch.cat([conf, conf], dim=2).to(cuda_device)[..., 5:]
     assert not wide_conf.is_contiguous()
-    assert_same_rows(run(loc, wide_conf, priors, "cuda"), run(loc, conf, priors, "cpu"), dtype)
+    assert_same_rows(run(loc, wide_conf, priors, cuda_device), run(loc, conf, priors, "cpu"), dtype)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("batch,num_priors", [(32, 31_232), (4, 90_100)])
-def test_model_sizes(dtype, batch, num_priors):
+def test_model_sizes(cuda_device, dtype, batch, num_priors):
     # MDSSD300 (31,232 priors, batch 32) and MDSSD512 (90,100 priors), 21 classes.
     loc, conf, priors = make_inputs(batch, num_priors, 21, dtype, seed=num_priors)
-    cuda = run(loc, conf, priors, "cuda")
+    cuda = run(loc, conf, priors, cuda_device)
     cpu = run(loc, conf, priors, "cpu")
     assert_padding(cuda)
     if dtype == torch.float64:
@@ -205,17 +204,18 @@ def test_model_sizes(dtype, batch, num_priors):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_determinism(dtype):
+def test_determinism(cuda_device, dtype):
     loc, conf, priors = make_inputs(4, 3000, 21, dtype, seed=13)
-    loc, conf, priors = loc.cuda(), conf.cuda(), priors.cuda()
+    loc, conf, priors = loc.to(cuda_device), conf.to(cuda_device), priors.to(cuda_device)
     first = ops.ssd_postprocess(loc, conf, priors)
     second = ops.ssd_postprocess(loc, conf, priors)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 
 
-def test_cuda_graph_capture_and_replay():
-    loc, conf, priors = (t.cuda() for t in make_inputs(4, 3000, 21, torch.float32, seed=17))
+def test_cuda_graph_capture_and_replay(real_cuda_device):
+    cuda_device = real_cuda_device
+    loc, conf, priors = (t.to(cuda_device) for t in make_inputs(4, 3000, 21, torch.float32, seed=17))
     static = [loc.clone(), conf.clone(), priors.clone()]
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -226,7 +226,7 @@ def test_cuda_graph_capture_and_replay():
     with torch.cuda.graph(graph):
         outputs = ops.ssd_postprocess(*static)
     for seed in (18, 19):
-        new = [t.cuda() for t in make_inputs(4, 3000, 21, torch.float32, seed=seed)]
+        new = [t.to(cuda_device) for t in make_inputs(4, 3000, 21, torch.float32, seed=seed)]
         for dst, src in zip(static, new):
             dst.copy_(src)
         graph.replay()
@@ -236,16 +236,16 @@ def test_cuda_graph_capture_and_replay():
             assert torch.equal(a, b)
 
 
-def test_opcheck():
-    loc, conf, priors = (t.cuda() for t in make_inputs(2, 200, 5, torch.float32, seed=23))
+def test_opcheck(cuda_device):
+    loc, conf, priors = (t.to(cuda_device) for t in make_inputs(2, 200, 5, torch.float32, seed=23))
     torch.library.opcheck(
         torch.ops.mdssd.ssd_postprocess.default, (loc, conf, priors, 0.1, 0.2, 0.01, 0.45, 50, 30)
     )
 
 
-def test_argument_errors_match_cpu():
+def test_argument_errors_match_cpu(cuda_device):
     loc, conf, priors = make_inputs(2, 10, 3, torch.float32, seed=1)
-    for device in ("cpu", "cuda"):
+    for device in ("cpu", cuda_device):
         l, c, p = loc.to(device), conf.to(device), priors.to(device)
         with pytest.raises(RuntimeError, match="ssd_postprocess: loc must be"):
             ops.ssd_postprocess(l[..., :3], c, p)
@@ -256,4 +256,4 @@ def test_argument_errors_match_cpu():
         with pytest.raises(RuntimeError, match="must be float32 or float64"):
             ops.ssd_postprocess(l.half(), c.half(), p.half())
     with pytest.raises(RuntimeError, match="is on"):
-        ops.ssd_postprocess(loc.cuda(), conf, priors.cuda())
+        ops.ssd_postprocess(loc.to(cuda_device), conf, priors.to(cuda_device))

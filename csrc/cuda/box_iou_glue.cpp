@@ -32,7 +32,7 @@ at::Tensor box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mdssd, CUDA, m) {
+TORCH_LIBRARY_IMPL(mdssd, MDSSD_CUDA_DISPATCH_KEY, m) {
   m.impl("box_iou", &box_iou_cuda);
 }
 

@@ -82,7 +82,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mdssd, CUDA, m) {
+TORCH_LIBRARY_IMPL(mdssd, MDSSD_CUDA_DISPATCH_KEY, m) {
   m.impl("l2norm_sum", &forward_cuda);
   m.impl("l2norm_sum_backward", &backward_cuda);
 }

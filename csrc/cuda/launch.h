@@ -7,6 +7,15 @@
 
 #include <cstdint>
 
+// The dispatch key the glue registers its kernels under: CUDA, or in the emulated-CUDA build
+// (MDSSD_CUDA_EMU=1, csrc/cuda_emu/) PrivateUse1, the torch device "cuda_emu" whose kernels are
+// these same CUDA sources executed on the CPU.
+#ifdef MDSSD_CUDA_EMU
+#define MDSSD_CUDA_DISPATCH_KEY PrivateUse1
+#else
+#define MDSSD_CUDA_DISPATCH_KEY CUDA
+#endif
+
 namespace mdssd {
 namespace cuda {
 

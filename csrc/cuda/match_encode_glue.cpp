@@ -58,7 +58,7 @@ std::tuple<at::Tensor, at::Tensor> match_encode_cuda(const at::Tensor& priors_in
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mdssd, CUDA, m) {
+TORCH_LIBRARY_IMPL(mdssd, MDSSD_CUDA_DISPATCH_KEY, m) {
   m.impl("match_encode", &match_encode_cuda);
 }
 

@@ -64,7 +64,7 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mdssd, CUDA, m) {
+TORCH_LIBRARY_IMPL(mdssd, MDSSD_CUDA_DISPATCH_KEY, m) {
   m.impl("nms", &nms_cuda);
   m.impl("batched_nms", &batched_nms_cuda);
 }

@@ -62,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ssd_postprocess_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mdssd, CUDA, m) {
+TORCH_LIBRARY_IMPL(mdssd, MDSSD_CUDA_DISPATCH_KEY, m) {
   m.impl("ssd_postprocess", &ssd_postprocess_cuda);
 }
 
