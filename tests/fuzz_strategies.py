@@ -25,9 +25,13 @@ from hypothesis import strategies as st
 
 
 def fuzz_devices() -> list[str]:
-    """The devices the fuzz suite runs the ops on (the reference always runs on the CPU).
-    Add "cuda" (a real GPU or the emulated device) here to fuzz the CUDA kernels."""
-    return ["cpu"]
+    """The devices the fuzz suite runs the ops on (the reference always runs on the CPU): the CPU,
+    and the CUDA test device when there is one (a real GPU, else the emulated device of an
+    MDSSD_CUDA_EMU=1 build: tests/devices.py decides)."""
+    from devices import cuda_test_device
+
+    cuda = cuda_test_device()
+    return ["cpu"] + ([str(cuda)] if cuda is not None else [])
 
 
 # ---- settings --------------------------------------------------------------------------------
