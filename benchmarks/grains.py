@@ -1,6 +1,6 @@
 """Per-item single-thread costs of the CPU kernels' parallel loops: the measurements behind the
 grain sizes in csrc/cpu/*.cpp (each loop goes parallel only with two chunks of about
-``kChunkNs`` = 150 us of work; see csrc/cpu/parallel.h and README.md here, "Threads").
+``kChunkNs`` = 500 us of work; see csrc/cpu/parallel.h and README.md here, "Threads").
 
     python -m benchmarks.grains          # one thread, the benchmark's inputs; about 30 s
 

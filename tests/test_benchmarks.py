@@ -70,3 +70,22 @@ def test_local_prior_table(name):
     if source == "mdssd.model" and name == "mdssd300":
         # Both follow SPEC.md's MDSSD300 table: the fallback must be the model's priors.
         torch.testing.assert_close(local, model_priors)
+
+
+def test_contention_suite_quick(tmp_path, capsys):
+    from benchmarks import contention
+
+    if torch.get_num_threads() < 2:
+        pytest.skip("the contention suite compares 1 thread with the default, which is 1 here")
+    assert contention.main(["--quick", "--out", str(tmp_path), "--ops", "nms,batched_nms"]) == 0
+    stdout = capsys.readouterr().out
+    (json_path,) = tmp_path.glob("cpu-*-contention-quick.json")
+    data = json.loads(json_path.read_text())
+    assert {r["op"] for r in data["rows"]} == {"nms", "batched_nms"}
+    for row in data["rows"]:
+        for key in ("idle_1", "idle_n", "busy_1", "busy_n"):
+            assert row[key] > 0, row
+        assert row["busy_ratio"] == pytest.approx(row["busy_n"] / row["busy_1"])
+    assert data["neighbour_cores_busy"] > 0  # the neighbour really ran during the busy phases
+    assert data["load_start"] is not None and data["load_end"] is not None
+    assert "busy 2 thr / 1 thr" in stdout or f"busy {data['default_threads']} thr / 1 thr" in stdout

@@ -33,7 +33,7 @@ at::Tensor box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2) {
       area_b[j] = box_area(q[0], q[1], q[2], q[3]);
     }
     // Rows go parallel from two chunks (parallel.h): ns per pair measured by
-    // python -m benchmarks.grains, i.e. from about 60k pairs.
+    // python -m benchmarks.grains, i.e. from about 200k pairs.
     constexpr double kNsPerPair = 4.9;
     const int64_t grain = grain_for(kNsPerPair * static_cast<double>(std::max<int64_t>(m, 1)));
     parallel_for(0, batch * n, grain, [&](int64_t begin, int64_t end) {

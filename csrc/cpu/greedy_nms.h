@@ -29,15 +29,54 @@ std::vector<int64_t> rank_by_score(const T* scores, int64_t n) {
   return order;
 }
 
+// GCC vectorises a loop containing a division only when it may assume that floating-point
+// operations do not trap; -fno-trapping-math changes no result (IEEE arithmetic is the same, only
+// exception flags are not kept), so it is enabled for the sweep alone. Everything the sweep calls
+// must then be always_inline (GCC does not inline across differing optimisation attributes).
+#if defined(__GNUC__) && !defined(__clang__)
+#define MDSSD_NO_TRAPPING_MATH __attribute__((optimize("no-trapping-math")))
+#else
+#define MDSSD_NO_TRAPPING_MATH
+#endif
+#define MDSSD_ALWAYS_INLINE inline __attribute__((always_inline))
+
+// box_iou(a, b) > threshold, with the operations of box_iou in box_math.h in the same order (so
+// the same IoU, bit for bit) but the division done unconditionally (by 1 where the union is 0),
+// so that the compiler can vectorise it. Keep it in step with box_iou.
+template <typename T>
+MDSSD_ALWAYS_INLINE bool iou_above(T ax1, T ay1, T ax2, T ay2, T area_a, T bx1, T by1, T bx2,
+                                   T by2, T area_b, T threshold) {
+  const T dw = (ax2 < bx2 ? ax2 : bx2) - (ax1 > bx1 ? ax1 : bx1);
+  const T dh = (ay2 < by2 ? ay2 : by2) - (ay1 > by1 ? ay1 : by1);
+  const T w = dw > T(0) ? dw : T(0);
+  const T h = dh > T(0) ? dh : T(0);
+  const T inter = w * h;
+  const T uni = (area_a + area_b) - inter;
+  const bool positive = uni > T(0);
+  const T q = inter / (positive ? uni : T(1));
+  return (positive ? q : T(0)) > threshold;
+}
+
+// One kept box (a) against candidates j in [first, count): marks those it suppresses.
+template <typename T>
+MDSSD_NO_TRAPPING_MATH void suppress_by(T ax1, T ay1, T ax2, T ay2, T area, const T* x1,
+                                        const T* y1, const T* x2, const T* y2, const T* ar,
+                                        unsigned char* suppressed, int64_t first, int64_t count,
+                                        T threshold) {
+  for (int64_t j = first; j < count; ++j) {
+    suppressed[j] |= static_cast<unsigned char>(
+        iou_above(ax1, ay1, ax2, ay2, area, x1[j], y1[j], x2[j], y2[j], ar[j], threshold));
+  }
+}
+
 // The plain sweep. `order` lists box indices (rows of `boxes`, xyxy) in rank order; appends the
 // kept ones to `keep` in rank order. `areas` holds box_area of every row.
 //
 // The candidates are copied in rank order into one array per coordinate, and each kept box
-// tests every later candidate without a branch (suppressed ones too): the loop vectorises, and
-// it is 3-4x faster than skipping suppressed candidates one by one (nms on 1,000 boxes; see
-// benchmarks/results). box_iou is the same function as everywhere, so the decisions are the same.
-// It runs on the calling thread: one parallel region per kept box (as before issue 12) cost more
-// than the sweep itself, and beside a busy process each region could cost a scheduler timeslice.
+// tests every later candidate without a branch (suppressed ones too): the loop vectorises, which
+// makes nms on 1,000 boxes several times faster than testing candidates one by one (see
+// benchmarks/results). It runs on the calling thread: one parallel region per kept box (as
+// before issue 12) cost more than the sweep, and beside a busy process up to a timeslice each.
 template <typename T>
 void greedy_nms_sweep(const T* boxes, const T* areas, const int64_t* order, int64_t count,
                       T threshold, std::vector<int64_t>& keep) {
@@ -51,20 +90,11 @@ void greedy_nms_sweep(const T* boxes, const T* areas, const int64_t* order, int6
     ar[k] = areas[order[k]];
   }
   std::vector<unsigned char> suppressed(count, 0);
-  const T* px1 = x1.data();
-  const T* py1 = y1.data();
-  const T* px2 = x2.data();
-  const T* py2 = y2.data();
-  const T* par = ar.data();
-  unsigned char* sup = suppressed.data();
   for (int64_t i = 0; i < count; ++i) {
-    if (sup[i]) continue;
+    if (suppressed[i]) continue;
     keep.push_back(order[i]);
-    const T ax1 = px1[i], ay1 = py1[i], ax2 = px2[i], ay2 = py2[i], area = par[i];
-    for (int64_t j = i + 1; j < count; ++j) {
-      const T iou = box_iou(ax1, ay1, ax2, ay2, area, px1[j], py1[j], px2[j], py2[j], par[j]);
-      sup[j] |= static_cast<unsigned char>(iou > threshold);
-    }
+    suppress_by(x1[i], y1[i], x2[i], y2[i], ar[i], x1.data(), y1.data(), x2.data(), y2.data(),
+                ar.data(), suppressed.data(), i + 1, count, threshold);
   }
 }
 
@@ -169,7 +199,7 @@ void greedy_nms(const T* boxes, const T* areas, const int64_t* order, int64_t co
 // costs ~count^2, the grid ~count. Only used to decide whether a loop over groups is worth a
 // second thread.
 inline double greedy_nms_cost_ns(int64_t count) {
-  constexpr double kSweepNsPerN2 = 0.3, kGridNsPerBox = 415;
+  constexpr double kSweepNsPerN2 = 0.09, kGridNsPerBox = 300;
   const double n = static_cast<double>(count);
   return count >= kGridFrom ? kGridNsPerBox * n : kSweepNsPerN2 * n * n;
 }

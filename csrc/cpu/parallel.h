@@ -26,9 +26,12 @@
 
 namespace mdssd {
 
-// Single-thread time a chunk should hold: large against the ~10-50 us of waking a thread and
-// handing it work, small enough that a few chunks per thread balance the load.
-constexpr double kChunkNs = 150e3;
+// Single-thread time a chunk should hold: large against the ~10-50 us of waking a thread, and
+// large enough that the rare wait for a helper that the OS preempted in the middle of its chunk
+// stays small against the loop. 150 us was measured too small beside a busy neighbour on a
+// loaded 2-core machine (l2norm_sum backward on [1,256,38,38], three ~0.5 ms chunks, ran 5.7x
+// slower at 2 threads than on one); 500 us puts loops under ~1 ms of work on one thread.
+constexpr double kChunkNs = 500e3;
 
 // Items per chunk for a measured single-thread cost per item (nanoseconds).
 inline int64_t grain_for(double ns_per_item) {
