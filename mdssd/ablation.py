@@ -151,18 +151,21 @@ def train_and_score(cfg: config_mod.TrainConfig, variant: str, seed: int, eval_b
 
 
 def score_run(cfg: config_mod.TrainConfig, weights: Path, eval_batch_size: int) -> dict[str, Any]:
-    """Metrics of a run's weights on its val split (the synthetic set as the run built it)."""
+    """Metrics of a run's weights on its val split (the synthetic set as the run built it), sliced
+    into tiles when the run was trained with ``--tile`` (as training's own evaluation is)."""
     from .data import build_source
     from .eval import evaluate
     from .inference import load_model, read_checkpoint, synthetic_val_options
     from .model.summary import summarize
+    from .train import tile_spec
 
     checkpoint = read_checkpoint(weights)
     options = synthetic_val_options(checkpoint) if cfg.dataset == "synthetic" else {}
     source = build_source(cfg.dataset, cfg.data_root, cfg.val_split or "val", **options)
     model, _ = load_model(checkpoint, backend=cfg.backend, device="cpu")
     t0 = time.time()
-    report = evaluate(model, source, batch_size=eval_batch_size, coco=True, size_bins=True)
+    report = evaluate(model, source, batch_size=eval_batch_size, coco=True, size_bins=True,
+                      tile=tile_spec(cfg))
     eval_wall = time.time() - t0
     _, totals = summarize(model.config)
     stats = report.coco.stats
