@@ -323,6 +323,8 @@ FIELD_HELP: dict[str, str] = {
     "data_seed": "synthetic set: generator seed, independent of --seed",
     "synthetic_min_size": "synthetic set: smallest generated image side, pixels (null: the generator's 300)",
     "synthetic_max_size": "synthetic set: largest generated image side, pixels (null: the generator's 1024)",
+    "synthetic_object_sizes": "synthetic set: [min, max] object side, pixels (null: 85% 6-48 px, 15% 48-128 px)",
+    "synthetic_objects": "synthetic set: [min, max] objects per image (null: 1-6)",
     "workers": "data loader worker processes",
     "steps": "total optimizer steps (null: derived from --epochs)",
     "epochs": "passes over the training set; replaces --steps",
