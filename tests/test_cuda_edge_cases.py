@@ -1,5 +1,6 @@
 """Issue 13's edge cases pinned on CUDA (checks in tests/edge_cases.py, compared with the
-reference on the CPU). Skipped without a CUDA device and a CUDA build of mdssd."""
+reference on the CPU), on the CUDA test device (tests/devices.py: a GPU, else the emulated
+device, else skipped)."""
 
 import pytest
 import torch
@@ -7,23 +8,19 @@ import torch
 import edge_cases as cases
 import mdssd
 
-pytestmark = pytest.mark.skipif(
-    not mdssd.ops.cuda_available(), reason="needs a CUDA device and a CUDA build of mdssd"
-)
-
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype,x0,eps", cases.L2NORM_BACKWARD_CASES)
-def test_l2norm_backward_extreme_norm(dtype, x0, eps, channels_last):
-    cases.check_l2norm_backward_extreme_norm("cuda", dtype, x0, eps, channels_last)
+def test_l2norm_backward_extreme_norm(dtype, x0, eps, channels_last, cuda_device):
+    cases.check_l2norm_backward_extreme_norm(cuda_device, dtype, x0, eps, channels_last)
 
 
 @pytest.mark.parametrize("channels", [3, 300])  # register path and two-pass path
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype,eps,x0", cases.TINY_EPS_CASES)
-def test_l2norm_tiny_eps(dtype, eps, x0, channels_last, channels):
+def test_l2norm_tiny_eps(dtype, eps, x0, channels_last, channels, cuda_device):
     if channels == 3:
-        cases.check_l2norm_tiny_eps("cuda", dtype, eps, x0, channels_last)
+        cases.check_l2norm_tiny_eps(cuda_device, dtype, eps, x0, channels_last)
         return
     # Many channels: the two-pass kernels; compare with the CPU kernel and the reference.
     gen = torch.Generator().manual_seed(13)
@@ -35,7 +32,7 @@ def test_l2norm_tiny_eps(dtype, eps, x0, channels_last, channels):
     s = torch.rand(channels, generator=gen, dtype=torch.float64).to(scale_dtype) + 0.5
     grad = (torch.rand(a.shape, generator=gen, dtype=torch.float64) * 1e-10).to(dtype)
     outs = []
-    for device in ("cpu", "cuda"):
+    for device in ("cpu", cuda_device):
         leaves = [t.detach().to(device).requires_grad_(True)
                   for t in (a, a.flip(0).contiguous(memory_format=fmt), s, s)]
         out = mdssd.ops.l2norm_sum(*leaves, eps)
@@ -47,18 +44,18 @@ def test_l2norm_tiny_eps(dtype, eps, x0, channels_last, channels):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_postprocess_nan_box(dtype):
-    cases.check_postprocess_nan_box("cuda", dtype)
+def test_postprocess_nan_box(dtype, cuda_device):
+    cases.check_postprocess_nan_box(cuda_device, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_nan_box_iou_is_zero(dtype):
-    cases.check_nan_box_iou_is_zero("cuda", dtype)
+def test_nan_box_iou_is_zero(dtype, cuda_device):
+    cases.check_nan_box_iou_is_zero(cuda_device, dtype)
 
 
-def test_scalars_checked_in_kernel_type():
-    cases.check_scalars_checked_in_kernel_type("cuda")
+def test_scalars_checked_in_kernel_type(cuda_device):
+    cases.check_scalars_checked_in_kernel_type(cuda_device)
 
 
-def test_reference_accepts_op_inputs():
-    cases.check_reference_accepts_op_inputs("cuda")
+def test_reference_accepts_op_inputs(cuda_device):
+    cases.check_reference_accepts_op_inputs(cuda_device)
