@@ -28,7 +28,8 @@ import torch
 # Device description
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -105,7 +106,7 @@ class DeviceInfo:
             cache = int(getattr(props, "L2_cache_size", 50 << 20))
             driver = _nvidia_driver()
         else:
-            name, cache, driver = _cpu_model(), _last_level_cache_bytes(), None
+            name, cache, driver = cpu_model(), _last_level_cache_bytes(), None
         return DeviceInfo(
             device=device,
             name=name,

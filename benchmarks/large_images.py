@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .harness import cpu_model
+
 SYNTHETIC = dict(min_size=1024, max_size=2048, object_sizes=(6, 32), objects=(4, 12))
 SPLITS = {"train": 64, "val": 24}
 TILE, OVERLAP = 128, 0.25
@@ -92,18 +94,6 @@ def evaluate(weights: Path, data: Path, tile) -> dict:
             "detections": int(sum(len(d.scores) for d in detections))}
 
 
-def _device_name() -> str:
-    model = "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return model
-
-
 MODES = ("resize", "tile", "tile-ios")
 
 
@@ -138,7 +128,7 @@ def measure(work: Path, data: Path, only: set[str] | None = None) -> list[dict]:
 def write(out: Path, stem: str, title: str, notes: list[str], meta: dict, rows: list[dict]) -> Path:
     """``out/<stem>.json`` (meta + rows) and ``out/<stem>.md`` (a table)."""
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": f"{_device_name()}, {os.cpu_count()} cores (shared), 1 intra-op thread",
+    meta = {"machine": f"{cpu_model()}, {os.cpu_count()} cores (shared), 1 intra-op thread",
             "torch": torch.__version__, "python": platform.python_version(), **meta, "rows": rows}
     (out / f"{stem}.json").write_text(json.dumps(meta, indent=1))
 
