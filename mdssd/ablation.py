@@ -12,7 +12,9 @@ Every variant (a model preset) is trained with the same data, schedule and seeds
 * ``ablation.png``: AP by object size bin per variant (error bars: std over seeds).
 
 Resumable: a run whose ``result.json`` exists (with the same training config) is not retrained,
-an interrupted one continues from its ``last.pt``. Any other flag is a training flag
+an interrupted one continues from its ``last.pt``. ``--jobs N`` trains N runs at a time, each in
+its own process (one intra-op thread each on a 2-core machine; a run's result does not depend on
+``--jobs``, only on its thread count). Any other flag is a training flag
 (``python -m mdssd.train --help``) and applies to every run, e.g. ``--steps 1000`` or
 ``--lr 2e-3``. The default (synthetic set, the three tiny variants, 3 seeds) is sized for a
 2-core CPU.
@@ -26,6 +28,7 @@ import math
 import os
 import platform
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -66,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per variant (default: 3)")
     parser.add_argument("--out", default=None, help="output folder (default: runs/ablation-<dataset>)")
     parser.add_argument("--eval-batch-size", type=int, default=8, help="images per batch when scoring (default: 8)")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="training runs at a time, each in its own process with cores/N intra-op "
+                        "threads less its data workers, at least 1 (default: the cores, at most the number of runs)")
+    # A process started by --jobs: trains what no other process holds, leaves the final report
+    # to its parent.
+    parser.add_argument("--job-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--report-only", action="store_true",
                         help="only rebuild ablation.json/.md/.png from the finished runs; train nothing")
     return parser
@@ -89,6 +98,8 @@ def parse_args(argv: Sequence[str] | None):
         parser.error(f"--variants lists a preset twice: {args.variants}")
     if args.out is None:
         args.out = f"runs/ablation-{args.dataset}"
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     return args, list(passthrough)
 
 
@@ -398,7 +409,17 @@ def plot_size_bins(summary: dict, path: Path, title: str) -> None:
         draw.rectangle([x, height - 35, x + 14, height - 21], fill=colours[i % len(colours)])
         draw.text((x + 20, height - 28), v, fill="black", font=font, anchor="lm")
         x += 40 + draw.textlength(v, font=font)
-    image.save(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    image.save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write-then-rename: processes of one ``--jobs`` ablation rewrite the reports after each of
+    their runs, and a reader must never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def write_reports(out: Path, runs: list[dict], variants: Sequence[str], settings: dict,
@@ -410,14 +431,14 @@ def write_reports(out: Path, runs: list[dict], variants: Sequence[str], settings
             "runs": sorted(runs, key=lambda r: (list(variants).index(r["variant"]), r["seed"]))}
     if coverage:
         data["prior_coverage"] = coverage
-    (out / "ablation.json").write_text(json.dumps(_clean(data), indent=1, default=_json_default) + "\n")
+    _write_atomic(out / "ablation.json", json.dumps(_clean(data), indent=1, default=_json_default) + "\n")
     text = markdown_report(summary, runs, settings)
     if coverage:
         from .prior_coverage import format_coverage
 
         text += ("\nPrior coverage of the val objects (no training: the training matcher's positives per "
                  "object, by object side in input pixels):\n\n" + format_coverage(coverage) + "\n")
-    (out / "ablation.md").write_text(text)
+    _write_atomic(out / "ablation.md", text)
     seeds = sorted({r["seed"] for r in runs})
     plot_size_bins(summary, out / "ablation.png",
                    f"AP@[.5:.95] by object size, {settings['dataset']}, {len(seeds)} seed(s), mean ± std")
@@ -530,6 +551,48 @@ def _pid_alive(lock: Path) -> bool:
     return True
 
 
+def default_jobs(runs: int) -> int:
+    return max(1, min(runs, os.cpu_count() or 1))
+
+
+def _without_jobs_flag(argv: list[str]) -> list[str]:
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--jobs":
+            skip = True
+        elif not a.startswith("--jobs="):
+            kept.append(a)
+    return kept
+
+
+def run_jobs(args, argv: list[str], first: config_mod.TrainConfig) -> int:
+    """Start ``args.jobs`` worker processes of this ablation on one ``--out``; they share the runs
+    through the per-run lock files. Each gets ``OMP_NUM_THREADS`` (cores / jobs less its data
+    workers, at least 1) unless the caller chose threads itself."""
+    env = dict(os.environ)
+    threads = None
+    if first.threads is None and "OMP_NUM_THREADS" not in env:
+        threads = max(1, (os.cpu_count() or 1) // args.jobs - first.workers)
+        env["OMP_NUM_THREADS"] = str(threads)
+    command = [sys.executable, "-m", "mdssd.ablation", *_without_jobs_flag(argv), "--jobs", "1", "--job-worker"]
+    print(f"mdssd.ablation: {args.jobs} jobs, {threads or first.threads or env.get('OMP_NUM_THREADS')} "
+          "intra-op thread(s) each", flush=True)
+    workers = [subprocess.Popen(command, env=env) for _ in range(args.jobs)]
+    try:
+        codes = [w.wait() for w in workers]
+    except KeyboardInterrupt:  # the workers got the same SIGINT: let them save and stop
+        for w in workers:
+            w.wait()
+        raise
+    failed = [c for c in codes if c != 0]
+    if failed:
+        print(f"mdssd.ablation: {len(failed)} of {args.jobs} job(s) failed (exit {failed}); rerun to continue",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, passthrough = parse_args(argv)
@@ -540,21 +603,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config_mod.ConfigError as error:
         print(f"mdssd.ablation: {error}", file=sys.stderr)
         return 2
-    runs = []
-    # Seed-major order: a stopped ablation has whole seeds of every variant, not all seeds of some.
-    for seed in range(args.seeds):
-        for variant in args.variants:
-            result = _run_or_reuse(configs[variant, seed], variant, seed, args)
-            if result is None:
-                continue
-            runs.append(result)
-            print(f"mdssd.ablation: {variant} seed {seed}: AP {100 * _none_nan(result['ap']):.1f} "
-                  f"AP_small {100 * _none_nan(result['ap_small']):.1f} VOC07 mAP "
-                  f"{100 * _none_nan(result['voc07_map']):.1f}", flush=True)
-            # Reports after every run, so a long ablation can be read (and plotted) as it goes.
-            done = [v for v in args.variants if any(r["variant"] == v for r in runs)]
-            write_reports(out, runs, done, _settings(args, argv, passthrough, configs[variant, seed]))
-    # Once more from every stored result: another process on this --out may have finished runs
+    if args.jobs is None:
+        args.jobs = default_jobs(len(configs))
+    pending = [key for key, cfg in configs.items() if finished_result(cfg) is None]
+    if args.jobs > 1 and not args.job_worker and not args.report_only and len(pending) > 1:
+        failed = run_jobs(args, argv, configs[args.variants[0], 0])
+    else:
+        failed = run_here(args, argv, passthrough, configs, out)
+    if args.job_worker:
+        return failed
+    # Once more from every stored result: other processes on this --out may have finished runs
     # this one skipped.
     runs = [r for r in (finished_result(configs[v, s]) for s in range(args.seeds) for v in args.variants) if r]
     if not runs:
@@ -565,6 +623,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_reports(out, runs, done, _settings(args, argv, passthrough, configs[done[0], 0]), coverage)
     print((out / "ablation.md").read_text())
     print(f"mdssd.ablation: wrote {out / 'ablation.json'}, {out / 'ablation.md'}, {out / 'ablation.png'}")
+    return failed
+
+
+def run_here(args, argv: list[str], passthrough: list[str], configs: dict, out: Path) -> int:
+    """Train (or reuse) every run in this process, seed-major: a stopped ablation has whole seeds
+    of every variant, not all seeds of some."""
+    runs = []
+    for seed in range(args.seeds):
+        for variant in args.variants:
+            result = _run_or_reuse(configs[variant, seed], variant, seed, args)
+            if result is None:
+                continue
+            runs.append(result)
+            print(f"mdssd.ablation: {variant} seed {seed}: AP {100 * _none_nan(result['ap']):.1f} "
+                  f"AP_small {100 * _none_nan(result['ap_small']):.1f} VOC07 mAP "
+                  f"{100 * _none_nan(result['voc07_map']):.1f}", flush=True)
+            # Reports after every run, so a long ablation can be read (and plotted) as it goes.
+            finished = [r for r in (finished_result(configs[v, s]) for s in range(args.seeds)
+                                    for v in args.variants) if r]
+            done = [v for v in args.variants if any(r["variant"] == v for r in finished)]
+            write_reports(out, finished, done, _settings(args, argv, passthrough, configs[variant, seed]))
     return 0
 
 

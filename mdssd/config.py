@@ -103,6 +103,10 @@ class TrainConfig:
     lr_gamma: float = 0.1
     # Max global L2 norm of the gradients; null disables clipping.
     grad_clip: Optional[float] = 10.0
+    # Learning-rate multipliers of two parameter groups (issue 11's hypotheses; 1 = one rate for
+    # all): the Fusion Blocks' deconvolutions, and every L2Norm scale (Fusion Blocks' and SSD's).
+    deconv_lr_mult: float = 1.0
+    l2norm_scale_lr_mult: float = 1.0
 
     # --- device and precision
     # auto | cpu | cuda
@@ -258,6 +262,9 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ConfigError(f"config field 'log_interval' must be >= 1, got {config.log_interval}")
     if config.lr <= 0:
         raise ConfigError(f"config field 'lr' must be > 0, got {config.lr}")
+    for name in ("deconv_lr_mult", "l2norm_scale_lr_mult"):
+        if not getattr(config, name) > 0:
+            raise ConfigError(f"config field '{name}' must be > 0, got {getattr(config, name)}")
     if config.grad_clip is not None and config.grad_clip <= 0:
         raise ConfigError(f"config field 'grad_clip' must be > 0 or null, got {config.grad_clip}")
     if config.dataset != "synthetic" and not config.data_root:
@@ -337,6 +344,8 @@ FIELD_HELP: dict[str, str] = {
     "lr_decay_at": "when the learning rate is multiplied by --lr-gamma, as fractions of the total steps",
     "lr_gamma": "learning-rate factor at each --lr-decay-at point",
     "grad_clip": "max global L2 norm of the gradients (null: no clipping)",
+    "deconv_lr_mult": "learning-rate multiplier of the Fusion Blocks' deconvolutions (weights and biases)",
+    "l2norm_scale_lr_mult": "learning-rate multiplier of every L2Norm scale (Fusion Blocks' and SSD's)",
     "device": "auto, cpu or cuda",
     "amp": "mixed precision: auto (bf16 or fp16 on a GPU, off on CPU), off, bf16 or fp16",
     "channels_last": "NHWC memory format (null: on CUDA, off on CPU)",

@@ -437,6 +437,26 @@ def _runtime(cfg: TrainConfig, info: distributed.DistInfo) -> tuple[torch.device
     return device, amp_dtype, memory_format
 
 
+def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+    """SGD parameter groups: the Fusion Blocks' deconvolutions and the L2Norm scales get their own
+    learning rate (``lr * deconv_lr_mult``, ``lr * l2norm_scale_lr_mult``) when the multiplier is
+    not 1; the schedule scales every group alike (``LambdaLR`` multiplies each group's base)."""
+    from .model.fusion import FusionBlock, L2Norm
+
+    deconv, scales = [], []
+    for module in model.modules():
+        if isinstance(module, FusionBlock):
+            scales += [module.scale_low, module.scale_high]
+            deconv += [p for m in module.upper if isinstance(m, torch.nn.ConvTranspose2d) for p in m.parameters()]
+        elif isinstance(module, L2Norm):
+            scales.append(module.weight)
+    special = [(deconv, cfg.deconv_lr_mult), (scales, cfg.l2norm_scale_lr_mult)]
+    taken = {id(p) for params, mult in special if mult != 1.0 for p in params}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in taken]}]
+    groups += [{"params": params, "lr": cfg.lr * mult} for params, mult in special if mult != 1.0 and params]
+    return groups
+
+
 def setup_run(cfg: TrainConfig, info: distributed.DistInfo) -> Run:
     """Data, model, optimizer, schedule and loaders, restored from a checkpoint when resuming."""
     device, amp_dtype, memory_format = _runtime(cfg, info)
@@ -459,7 +479,7 @@ def setup_run(cfg: TrainConfig, info: distributed.DistInfo) -> Run:
         _load_backbone(model, cfg.pretrained_backbone)
     model.to(device=device, memory_format=memory_format)
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+    optimizer = torch.optim.SGD(param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     train_items = SeededItems(bundle.train, cfg.seed, stream=0)
     val_items = SeededItems(bundle.val, cfg.seed, stream=1)

@@ -124,3 +124,27 @@ def test_prior_coverage_of_an_8px_object():
     ssd = prior_coverage(get_config("ssd_tiny", num_classes=2), Source())["8-16px"]
     assert ssd["mean_best_iou"] <= 0.25 + 1e-9 and ssd["reach_threshold"] == 0 and ssd["mean_positives"] == 1
     assert "| `ssd_tiny` | 8-16px | 1 | 0% |" in format_coverage({"ssd_tiny": {"8-16px": ssd}})
+
+
+@pytest.mark.slow
+def test_jobs_share_the_runs_and_give_the_same_results(tmp_path, capsys):
+    # Two worker processes on one --out take one run each (lock files); each run's result is the
+    # same as when one process trains both at the same thread count.
+    base = ["--variants", "ssd_tiny", "ssd_tiny_s4", "--seeds", "1", "--steps", "2",
+            "--synthetic-train-images", "8", "--synthetic-val-images", "4", "--batch-size", "4",
+            "--warmup-steps", "1", "--workers", "0", "--no-tensorboard"]
+    assert ablation.main(["--out", str(tmp_path / "two"), "--jobs", "2", *base]) == 0
+    assert "2 jobs, 1 intra-op thread(s) each" in capsys.readouterr().out
+    assert ablation.main(["--out", str(tmp_path / "one"), "--jobs", "1", "--threads", "1", *base]) == 0
+    two = json.loads((tmp_path / "two" / "ablation.json").read_text())["runs"]
+    one = json.loads((tmp_path / "one" / "ablation.json").read_text())["runs"]
+    assert [(r["variant"], r["threads"]) for r in two] == [("ssd_tiny", 1), ("ssd_tiny_s4", 1)]
+    for a, b in zip(one, two):
+        assert (a["ap"], a["voc07_map"], a["size_bins"]) == (b["ap"], b["voc07_map"], b["size_bins"])
+    assert not list((tmp_path / "two").rglob("ablation.lock")) and not list((tmp_path / "two").glob(".*.tmp"))
+
+
+def test_jobs_must_be_positive(capsys):
+    with pytest.raises(SystemExit):
+        ablation.main(["--jobs", "0"])
+    assert "--jobs must be >= 1" in capsys.readouterr().err

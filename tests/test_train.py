@@ -150,3 +150,41 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert ddp_eval[0].keys() == single_eval[0].keys()
     # 5 val images over 2 ranks: the sampler pads to 6, the gather counts each image once.
     assert ddp_eval[-1]["images"] == 5 == single["metrics"]["images"]
+
+
+def test_param_groups_give_deconvolutions_and_l2norm_scales_their_own_rate():
+    from mdssd.model.fusion import FusionBlock
+
+    model = train_mod.build_model("mdssd_tiny", 5, "reference", False)
+    one = train_mod.param_groups(model, tiny("/tmp/unused"))
+    assert len(one) == 1 and len(one[0]["params"]) == len(list(model.parameters()))
+
+    cfg = tiny("/tmp/unused", "--deconv-lr-mult", "10", "--l2norm-scale-lr-mult", "100")
+    rest, deconv, scales = train_mod.param_groups(model, cfg)
+    blocks = [m for m in model.modules() if isinstance(m, FusionBlock)]
+    transposed = [m for b in blocks for m in b.upper if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert {id(p) for p in deconv["params"]} == {id(p) for m in transposed for p in m.parameters()}
+    assert len(deconv["params"]) == 2 * 3 * len(blocks)  # weight + bias of three deconvolutions each
+    assert {id(p) for p in scales["params"]} == {id(p) for b in blocks for p in (b.scale_low, b.scale_high)}
+    assert (deconv["lr"], scales["lr"]) == (pytest.approx(10 * cfg.lr), pytest.approx(100 * cfg.lr))
+    counted = len(rest["params"]) + len(deconv["params"]) + len(scales["params"])
+    assert counted == len(list(model.parameters()))  # every parameter in exactly one group
+
+    # SSD's own L2Norms are scales too; a model without Fusion Blocks has no deconvolution group.
+    ssd = train_mod.build_model("ssd_tiny_s4", 5, "reference", False)
+    groups = train_mod.param_groups(ssd, cfg)
+    assert len(groups) == 2 and len(groups[1]["params"]) == 2  # conv3_3's and conv4_3's L2Norm
+
+
+@pytest.mark.slow
+def test_lr_multipliers_follow_the_schedule_and_resume(tmp_path):
+    flags = ("--steps", "4", "--deconv-lr-mult", "10", "--preset", "mdssd_tiny")
+    full = train_mod.train(tiny(tmp_path / "full", *flags))
+    state = ckpt.load(tmp_path / "full" / "last.pt")
+    lrs = [g["lr"] for g in state["optimizer"]["param_groups"]]
+    assert lrs[1] == pytest.approx(10 * lrs[0])  # the decay scales both alike
+    train_mod.train(tiny(tmp_path / "split", *flags, "--stop-at-step", "2"))
+    train_mod.train(tiny(tmp_path / "split", *flags, "--resume", "auto"))
+    assert losses(tmp_path / "full") == losses(tmp_path / "split") and full["steps"] == 4
+    with pytest.raises(cfgmod.ConfigError, match="deconv_lr_mult"):
+        tiny(tmp_path, "--deconv-lr-mult", "0")
