@@ -3,6 +3,8 @@ files, so it keeps working as the ops and the model change. Speed is never asser
 
 import json
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -89,3 +91,18 @@ def test_contention_suite_quick(tmp_path, capsys):
     assert data["neighbour_cores_busy"] > 0  # the neighbour really ran during the busy phases
     assert data["load_start"] is not None and data["load_end"] is not None
     assert "busy 2 thr / 1 thr" in stdout or f"busy {data['default_threads']} thr / 1 thr" in stdout
+
+
+def test_deepforest_tiles_keep_boxes_mostly_inside_and_mark_the_rest_crowd():
+    from benchmarks.deepforest_tiles import tile_annotations
+
+    boxes = np.array([[10, 10, 30, 30],      # inside tile (0, 0)
+                      [120, 0, 140, 20],     # 40% inside: a crowd region there, a target in the next tile
+                      [100, 50, 130, 60],    # 28 of 30 px inside: a target, clipped
+                      [300, 300, 310, 310]], dtype=float)  # elsewhere
+    targets, crowd = tile_annotations(boxes, 0, 0, 128)
+    assert targets == [[10.0, 10.0, 20.0, 20.0], [100.0, 50.0, 28.0, 10.0]]
+    assert crowd == [[120.0, 0.0, 8.0, 20.0]]
+    targets, crowd = tile_annotations(boxes, 128, 0, 128)
+    assert targets == [[0.0, 0.0, 12.0, 20.0]] and crowd == [[0.0, 50.0, 2.0, 10.0]]
+    assert tile_annotations(np.zeros((0, 4)), 0, 0, 128) == ([], [])
