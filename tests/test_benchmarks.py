@@ -4,7 +4,6 @@ files, so it keeps working as the ops and the model change. Speed is never asser
 import json
 
 import numpy as np
-
 import pytest
 import torch
 
