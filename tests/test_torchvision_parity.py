@@ -192,3 +192,17 @@ def test_ssd_postprocess(gen, preset, batch):
     assert kernels.check_postprocess(ours, theirs, None) == "ok"
     assert bool((ours[3] > 0).all())  # NMS had work to do in every image
     assert bool((ours[3] == 200).any())  # and keep_top_k binds
+
+
+def test_nms_threshold_rounding_is_the_one_known_difference():
+    # The one input where the two differ on purpose: an IoU of exactly float32(0.3) (3/10 here),
+    # which lies above 0.3. Ours, like mdssd.reference (a float32 tensor compared with a Python
+    # float), compares with the threshold rounded to float32 and keeps the second box; torchvision
+    # compares in float64 and suppresses it. In float64 both keep it.
+    boxes = torch.tensor([[0.0, 0.0, 6.5, 1.0], [3.5, 0.0, 10.0, 1.0]])
+    scores = torch.tensor([0.9, 0.8])
+    assert ops.box_iou(boxes, boxes)[0, 1] == torch.tensor(0.3, dtype=torch.float32)
+    assert ops.nms(boxes, scores, 0.3).tolist() == reference.nms(boxes, scores, 0.3).tolist() == [0, 1]
+    assert tv_ops.nms(boxes, scores, 0.3).tolist() == [0]
+    assert ops.nms(boxes.double(), scores.double(), 0.3).tolist() == [0, 1]
+    assert tv_ops.nms(boxes.double(), scores.double(), 0.3).tolist() == [0, 1]
