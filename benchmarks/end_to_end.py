@@ -32,7 +32,7 @@ from . import harness, inputs
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NUM_CLASSES = 21
 
-try:  # torchvision exists on the GPU machine, not on the development machine
+try:  # torchvision: in the second venv (benchmarks/README.md) and on the GPU machine
     import torchvision
 except ImportError:  # pragma: no cover - depends on the install
     torchvision = None
@@ -130,9 +130,7 @@ def _mdssd_step(model, optimizer, data, device, precision):
 
 def _torchvision_step(model, optimizer, data, device, precision, image_size):
     # torchvision takes unnormalised [0, 1] images and absolute xyxy boxes per image.
-    mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225], device=device).view(3, 1, 1)
-    images = [img * std + mean for img in data["images"]]
+    images = _torchvision_images(data["images"])
     targets = [{"boxes": data["gt_boxes"][b, :n] * image_size, "labels": data["gt_labels"][b, :n]}
                for b, n in enumerate(data["gt_counts"].tolist())]
 
@@ -160,15 +158,14 @@ def training(device: str, batch: int, precisions, models, backends, settings, ra
     flops_cache: dict[tuple, float] = {}
     configs = [(m, b) for m in models for b in backends]
     if torchvision is not None:
-        configs.append(("torchvision ssd300_vgg16", "torchvision"))
+        configs.append((TORCHVISION_SSD, "torchvision"))
     for model_name, backend in configs:
         for precision in precisions:
             base = Result("train", model_name, backend, precision, batch, "eager")
             try:
                 torch.manual_seed(0)
                 if backend == "torchvision":
-                    model = torchvision.models.detection.ssd300_vgg16(
-                        weights=None, weights_backbone=None, num_classes=NUM_CLASSES).to(device).train()
+                    model = torchvision_ssd(device).train()
                     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
                     step = _torchvision_step(model, optimizer, data_for(300), device, precision, 300)
                 else:
@@ -200,26 +197,63 @@ def training(device: str, batch: int, precisions, models, backends, settings, ra
 # Inference
 
 
+TORCHVISION_SSD = "torchvision ssd300_vgg16"
+
+
+def torchvision_ssd(device: str):
+    """torchvision's SSD300 (VGG16), randomly initialised like ours, with post-processing set to
+    our models' values (mdssd.model.config: score > 0.01, per-class top 400, IoU 0.45, keep 200);
+    these are also torchvision's defaults, and are passed so that the comparison does not depend
+    on them."""
+    from mdssd.model import get_config
+
+    p = get_config("ssd300").postprocess
+    return torchvision.models.detection.ssd300_vgg16(
+        weights=None, weights_backbone=None, num_classes=NUM_CLASSES, score_thresh=p.score_threshold,
+        nms_thresh=p.iou_threshold, topk_candidates=p.top_k_per_class,
+        detections_per_img=p.keep_top_k).to(device)
+
+
+def _torchvision_images(images: torch.Tensor) -> list[torch.Tensor]:
+    """Our normalised batch as torchvision's input: a list of [0, 1] images (its transform
+    normalises with the same ImageNet mean and std, and resizes to 300x300)."""
+    mean = torch.tensor([0.485, 0.456, 0.406], device=images.device).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=images.device).view(3, 1, 1)
+    return [img * std + mean for img in images]
+
+
 def inference(device: str, batches, precisions, models, settings) -> list[Result]:
     from mdssd.model import build_model
 
     results = []
+    if torchvision is not None:
+        models = [*models, TORCHVISION_SSD]
     for model_name in models:
         torch.manual_seed(0)
-        model = build_model(model_name, num_classes=NUM_CLASSES, backend="ext").to(device).eval()
-        size = model.config.image_size
+        if model_name == TORCHVISION_SSD:
+            model, size, backend = torchvision_ssd(device).eval(), 300, "torchvision"
+        else:
+            model = build_model(model_name, num_classes=NUM_CLASSES, backend="ext").to(device).eval()
+            size, backend = model.config.image_size, "ext"
         for batch in batches:
             images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
             for precision in precisions:
-                def detect(x, precision=precision):
-                    # Inference uses each weight once per call, so autocast's cache saves nothing.
-                    with torch.no_grad(), _autocast(device, precision, cache=False):
-                        loc, conf = model(x)
-                    return model.postprocess(loc, conf)
+                if backend == "torchvision":
+                    tv_images = _torchvision_images(images)
 
-                modes = ["eager"] + (["cuda graph", "torch.compile"] if device == "cuda" else [])
+                    def detect(x, precision=precision, tv_images=tv_images):
+                        with torch.no_grad(), _autocast(device, precision, cache=False):
+                            return model(tv_images)  # transform + forward + post-processing
+                else:
+                    def detect(x, precision=precision):
+                        # Inference uses each weight once per call, so autocast's cache saves nothing.
+                        with torch.no_grad(), _autocast(device, precision, cache=False):
+                            loc, conf = model(x)
+                        return model.postprocess(loc, conf)
+
+                modes = ["eager"] + (["cuda graph", "torch.compile"] if device == "cuda" and backend == "ext" else [])
                 for mode in modes:
-                    base = Result("infer", model_name, "ext", precision, batch, mode)
+                    base = Result("infer", model_name, backend, precision, batch, mode)
                     try:
                         if mode == "eager":
                             fn = detect
@@ -230,7 +264,8 @@ def inference(device: str, batches, precisions, models, settings) -> list[Result
                         else:
                             fn = _graphed(detect, images)
                         timing = harness.measure(lambda _: fn(images), [None], device, **settings)
-                        results.append(_finish(base, timing))
+                        results.append(dataclasses.replace(_finish(base, timing),
+                                                           reason=_detections_note(fn(images))))
                     except Exception as error:
                         results.append(_error(base, error))
                     print(_line(results[-1]), flush=True)
@@ -259,6 +294,15 @@ def _graphed(fn, example: torch.Tensor):
         graph.replay()
         return static_out
     return replay
+
+
+def _detections_note(out) -> str:
+    """Detections per image of one call: how much post-processing the (random) weights leave."""
+    if isinstance(out, list):  # torchvision: a dict per image
+        counts = [int(d["scores"].numel()) for d in out]
+    else:
+        counts = out[3].tolist()
+    return f"{sum(counts) / max(1, len(counts)):.0f} detections/image"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,7 +350,7 @@ HEADERS = ["section", "model", "backend", "precision", "batch", "mode", "images/
 
 
 def _line(r: Result) -> str:
-    return "  " + "  ".join(_cells(r)[:7]) + (f"  {r.status}: {r.reason}" if r.status != "ok" else "")
+    return "  " + "  ".join(_cells(r)[:7]) + (f"  {r.status}: {r.reason}" if r.status != "ok" else f"  {r.reason or ''}")
 
 
 def _cells(r: Result) -> list[str]:
@@ -315,7 +359,7 @@ def _cells(r: Result) -> list[str]:
             f"{r.median_ms:.1f}" if r.median_ms else "-",
             f"{r.achieved_tflops:.1f}" if r.achieved_tflops else "-",
             f"{100 * r.mfu:.0f}%" if r.mfu else "-",
-            r.reason if r.status != "ok" else ""]
+            r.reason or ""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -353,7 +397,15 @@ def main(argv: list[str] | None = None) -> int:
 
     rates = {}
     notes = [f"timing: {'CUDA events' if device == 'cuda' else 'time.perf_counter'}, "
-             f"{settings['warmup']} warm-up step(s), median of {settings['min_repeats']}-{settings['max_repeats']}"]
+             f"{settings['warmup']} warm-up step(s), median of {settings['min_repeats']}-{settings['max_repeats']}",
+             harness.pin_allocator()]
+    if torchvision is not None:
+        notes.append(
+            f"torchvision {torchvision.__version__}: ssd300_vgg16 (random init, as ours) on the same images and "
+            "boxes (300x300, the same batch, torch threads and precision); its step includes its own "
+            "transform (normalise + resize to 300x300) and, in inference, its post-processing with our "
+            "settings (score > 0.01, per-class top 400, IoU 0.45, keep 200); ours: forward + "
+            "model.postprocess (ssd_postprocess) with the same settings")
     if device == "cuda" and "train" in sections:
         # cuDNN runs float32 convolutions in TF32 by default, so the float32 ceiling is TF32's.
         previous = torch.backends.cuda.matmul.allow_tf32
@@ -372,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     if "train" in sections:
         results += training(device, train_batch, precisions, models, backends, settings, rates)
     if "infer" in sections:
-        results += inference(device, infer_batches, precisions if device == "cuda" else ("fp32",), models[:1], settings)
+        results += inference(device, infer_batches, precisions if device == "cuda" else ("fp32",), models, settings)
     if "data" in sections:
         batch, workers, n = loader
         results += data_loading(device, batch, workers, n)

@@ -135,7 +135,45 @@ def synchronize(device: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Allocator
+
+# glibc's malloc hands large blocks (above a threshold that it adapts at run time) back to the OS
+# when they are freed, and trims the top of the heap: a contestant that allocates large
+# temporaries every call (torchvision's box_iou builds [N,M,2] tensors, the reference too) then
+# page-faults them in again on every call, and whether it does so depends on the allocator's
+# history in the process. Measured here (2-core EPYC, 1 thread, 31,232 x 50): torchvision's
+# box_iou took 75 ms per call for 300 calls in one process and 20 ms with the thresholds pinned;
+# the reference went from 60 to 22 ms after ~120 calls in one process and never in another.
+# Pinning both thresholds makes freed memory stay in the heap, so every contestant is timed in
+# the steady state a long-running program reaches, whatever ran before it.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+PINNED_BYTES = 1 << 30
+
+
+def pin_allocator() -> str:
+    """Pins glibc malloc's mmap and trim thresholds at 1 GiB (see above); returns what was done,
+    for the results header."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = libc.mallopt(M_MMAP_THRESHOLD, PINNED_BYTES) == 1 and libc.mallopt(M_TRIM_THRESHOLD, PINNED_BYTES) == 1
+    except (OSError, AttributeError):
+        ok = False
+    if ok:
+        return ("glibc malloc: mmap and trim thresholds pinned at 1 GiB (mallopt), so large temporaries "
+                "are reused, not page-faulted in again on every call")
+    return "glibc malloc thresholds not pinned (no glibc mallopt here): allocator state may vary between contestants"
+
+
+# ---------------------------------------------------------------------------------------------
 # Timing
+
+# Warm-up on CPU: at least this many calls, unless that takes longer than WARMUP_S. Cheap ops
+# (under 5 ms a call) thus get >= 200 warm-up calls, which the issue measured torchvision's
+# box_iou to need; dearer ones get WARMUP_S of calls (at least `warmup`).
+WARMUP_CALLS, WARMUP_S = 200, 1.0
 
 
 @dataclasses.dataclass
@@ -166,22 +204,30 @@ def measure(
     max_repeats: int,
     warmup: int = 2,
     estimate_s: float | None = None,
+    extended_warmup: bool = False,
 ) -> Timing:
     """Median time of ``fn(input_sets[i % len(input_sets)])``.
 
     The warm-up calls (first-call costs: allocator growth, lazy init, autotuning) also estimate
     the time per call, from which the repeat count is chosen to fit ``budget_s`` within
     ``[min_repeats, max_repeats]``. ``warmup=0`` is allowed when the caller has already run
-    ``fn`` and passes the time of that call as ``estimate_s``.
+    ``fn`` and passes the time of that call as ``estimate_s``. ``extended_warmup`` (CPU): keep
+    warming up to WARMUP_CALLS calls or WARMUP_S seconds, whichever comes first.
     """
     n_sets = len(input_sets)
     if warmup <= 0 and estimate_s is None:
         warmup = 1
     start = time.perf_counter()
-    for i in range(max(0, warmup)):
-        fn(input_sets[i % n_sets])
-    synchronize(device)
-    estimate = (time.perf_counter() - start) / warmup if warmup > 0 else estimate_s
+    calls = 0
+    while calls < warmup or (extended_warmup and device == "cpu" and calls < WARMUP_CALLS
+                             and time.perf_counter() - start < WARMUP_S):
+        t0 = time.perf_counter()
+        fn(input_sets[calls % n_sets])
+        synchronize(device)
+        last = time.perf_counter() - t0
+        calls += 1
+    # The time per call from the last warm-up call (the steady state), else the caller's estimate.
+    estimate = last if calls > 0 else estimate_s
     repeats = int(max(min_repeats, min(max_repeats, budget_s / max(estimate, 1e-9))))
 
     if device == "cuda":

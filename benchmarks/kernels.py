@@ -24,10 +24,22 @@ from mdssd import ops, reference
 from . import harness, inputs
 from .harness import Cell, Row
 
-try:  # torchvision exists on the GPU machine, not on the development machine
+try:  # torchvision: in the second venv (benchmarks/README.md) and on the GPU machine
     import torchvision.ops as tv_ops
 except ImportError:  # pragma: no cover - depends on the install
     tv_ops = None
+
+def _tv_box_iou_batches() -> bool:
+    """Whether this torchvision's box_iou takes [..., N, 4] batches (newer releases do)."""
+    if tv_ops is None:
+        return False
+    try:
+        return tuple(tv_ops.box_iou(torch.zeros(2, 1, 4), torch.zeros(2, 3, 4)).shape) == (2, 1, 3)
+    except Exception:  # 2-D only
+        return False
+
+
+TV_BATCHED_BOX_IOU = _tv_box_iou_batches()
 
 OPS = ("box_iou", "match_encode", "l2norm_sum", "nms", "batched_nms", "ssd_postprocess")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -67,6 +79,8 @@ class Workload:
     floor_bytes: Callable[[tuple, Any], int]  # (input set, ours' output) -> bytes that must move
     check: Callable[[Any, Any, int | None], str]  # (ours, other, images compared or None: all)
     torchvision: Contestant | str = "torchvision has no such op"
+    # Check against torchvision, made from input set 0, when it differs from `check` (tie rules).
+    tv_check: Callable[[tuple], Callable[[Any, Any, int | None], str]] | None = None
     ref_skip: str | None = None  # why the reference is not run at this size
     compile_skip: str | None = None  # why the reference is not compiled
     batch: int = 1
@@ -130,6 +144,32 @@ def check_equal(ours, other, images: int | None) -> str:
     return "ok" if torch.equal(ours.cpu(), other.cpu()) else f"DIFF ({ours.numel()} vs {other.numel()} kept)"
 
 
+def check_kept(scores: torch.Tensor):
+    """NMS check that knows the tie rule: ours ranks equal scores by the lower index, torchvision
+    sorts the scores unstably, so among equal scores it may list (and, where such boxes overlap,
+    keep) other indices. Passes when the kept lists are equal; or when the score sequences are
+    equal and every kept index that differs has a score shared with another input box (the
+    note says how many differ); anything else is a DIFF."""
+    def check(ours, other, images: int | None) -> str:
+        ours, other = ours.cpu(), other.cpu()
+        if torch.equal(ours, other):
+            return "ok"
+        if ours.numel() != other.numel():
+            return f"DIFF ({ours.numel()} vs {other.numel()} kept)"
+        s = scores.cpu()
+        if not torch.equal(s[ours], s[other]):
+            return "DIFF (score sequences differ)"
+        differ = ours != other
+        values, counts = torch.unique(s, return_counts=True)
+        tied = values[counts > 1]
+        if not bool(torch.isin(s[ours[differ]], tied).all()):
+            return "DIFF (indices differ at untied scores)"
+        same_set = torch.equal(ours.sort().values, other.sort().values)
+        return (f"ok (ties: {int(differ.sum())} of {ours.numel()} kept listed in another order)" if same_set
+                else f"ok (ties: {int(differ.sum())} of {ours.numel()} kept differ among equal scores)")
+    return check
+
+
 def check_match(ours, other, images: int | None) -> str:
     (loc_o, lab_o), (loc_r, lab_r) = ours, other
     if not torch.equal(_first(lab_o, images).cpu(), _first(lab_r, images).cpu()):
@@ -138,15 +178,41 @@ def check_match(ours, other, images: int | None) -> str:
     return "ok" if rel <= 1e-5 else f"DIFF loc rel {rel:.1e}"
 
 
-def check_postprocess(ours, other, images: int | None) -> str:
+def _canonical(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Detections of one image as rows (score, label, x1, y1, x2, y2) in float64, sorted by
+    descending score, then label, then box: one order whatever order ties were listed in."""
+    rows = torch.cat([scores.double()[:, None], labels.double()[:, None], boxes.double()], dim=1)
+    for col in range(rows.shape[1] - 1, -1, -1):  # stable sorts, last key first
+        key = -rows[:, col] if col == 0 else rows[:, col]
+        rows = rows[torch.sort(key, stable=True).indices]
+    return rows
+
+
+def check_postprocess(ours, other, images: int | None, ties: bool = False) -> str:
+    """Same counts, labels and values. With ``ties`` (torchvision's contestant, which sorts
+    unstably, see ``torchvision_postprocess``) detections with equal scores may be listed in
+    another order: then each image's detections are compared in one canonical order."""
     bo, so, lo, co = (_first(t, images).cpu() for t in ours)
     br, sr, lr, cr = (_first(t, images).cpu() for t in other)
     if not torch.equal(co, cr):
         return "DIFF counts"
-    if not torch.equal(lo, lr):
+    if torch.equal(lo, lr):
+        worst = max(_rel(bo, br), _rel(so, sr))
+        return "ok" if worst <= 1e-5 else f"DIFF rel {worst:.1e}"
+    if not ties:
         return "DIFF labels"
-    worst = max(_rel(bo, br), _rel(so, sr))
-    return "ok" if worst <= 1e-5 else f"DIFF rel {worst:.1e}"
+    if not torch.equal(so, sr):
+        return "DIFF labels (and score sequences)"
+    reordered = 0
+    for b, n in enumerate(co.tolist()):
+        mine, theirs = _canonical(bo[b, :n], so[b, :n], lo[b, :n]), _canonical(br[b, :n], sr[b, :n], lr[b, :n])
+        if not torch.equal(mine[:, :2], theirs[:, :2]):
+            return "DIFF labels"
+        rel = _rel(mine[:, 2:], theirs[:, 2:])
+        if rel > 1e-5:
+            return f"DIFF rel {rel:.1e}"
+        reordered += int((lo[b, :n] != lr[b, :n]).sum())
+    return f"ok (ties: {reordered} detections listed in another order among equal scores)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,6 +254,12 @@ def torchvision_postprocess(loc, conf, priors, batched_nms, variance_xy=0.1, var
 # Workloads
 
 
+def tv_version() -> str:
+    import torchvision
+
+    return torchvision.__version__
+
+
 def _to(device: str, tensors: tuple) -> tuple:
     return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in tensors)
 
@@ -218,16 +290,16 @@ def box_iou_workloads(s: Settings) -> list[Workload]:
 
         if tv_ops is None:
             tv: Contestant | str = "torchvision not importable here"
-        elif batch is None:
+        elif batch is None or TV_BATCHED_BOX_IOU:
             tv = _splat(tv_ops.box_iou)
         else:
-            # torchvision's box_iou is 2-D only: its user loops over the batch.
+            # torchvision's box_iou before 0.22 is 2-D only: its user loops over the batch.
             tv = Contestant(lambda x: torch.stack([tv_ops.box_iou(p, g) for p, g in zip(*x)]))
         name = f"{num:,} priors x {gts} gts" if batch is None else f"batched {b} x {num:,} x {gts}"
         out.append(Workload(
             op="box_iou", name=name, batch=b,
             params=dict(batch=batch, n=num, m=gts, dtype="float32", priors=preset,
-                        torchvision="loop over the batch" if batch else "2-D op"),
+                        torchvision=("batched op" if TV_BATCHED_BOX_IOU else "loop over the batch") if batch else "2-D op"),
             make_set=make, wrap=_splat, ours=ops.box_iou, ref=reference.box_iou, torchvision=tv,
             floor_bytes=lambda x, o, b=b, n=num: b * (16 * (n + gts) + 4 * n * gts),
             check=check_close(1e-6),
@@ -365,7 +437,7 @@ def nms_workloads(s: Settings, batched: bool) -> list[Workload]:
             compile_skip=NO_COMPILE_LOOP,
             # boxes and scores (and idxs) read once, kept indices written.
             floor_bytes=lambda x, o, n=n: n * (20 + 8 * batched) + 8 * o.numel(),
-            check=check_equal,
+            check=check_equal, tv_check=lambda x: check_kept(x[1]),
         ))
     return out
 
@@ -395,6 +467,7 @@ def postprocess_workloads(s: Settings) -> list[Workload]:
                 # loc, conf and priors read once; the fixed-shape outputs written.
                 floor_bytes=lambda x, o, b=batch, p=num: b * p * (16 + 4 * classes) + 16 * p + b * (200 * 28 + 8),
                 check=check_postprocess,
+                tv_check=lambda x: lambda o, t, images: check_postprocess(o, t, images, ties=True),
                 cap_images=cap if cap < batch else None, cap_slice=sliced,
             ))
     return out
@@ -461,7 +534,8 @@ def run_workload(w: Workload, s: Settings, cache_bytes: int, seed: int) -> Row:
                 compile_s = time.perf_counter() - t0
             warmup = s.warmup if name == "compiled" else s.warmup - 1
             timing = harness.measure(c.call, states, s.device, budget_s=s.budget_s, min_repeats=s.min_repeats,
-                                     max_repeats=s.max_repeats, warmup=warmup, estimate_s=first_s)
+                                     max_repeats=s.max_repeats, warmup=warmup, estimate_s=first_s,
+                                     extended_warmup=not s.quick)
             del states
             if capped:
                 row.cells[name] = Cell.from_timing(
@@ -484,8 +558,9 @@ def run_workload(w: Workload, s: Settings, cache_bytes: int, seed: int) -> Row:
             if name not in outputs:
                 continue
             images = w.cap_images if name in ("reference", "compiled") else None
+            check = w.tv_check(sets[0]) if name == "torchvision" and w.tv_check else w.check
             try:
-                result = w.check(ours, outputs[name], images)
+                result = check(ours, outputs[name], images)
             except Exception as error:
                 result = f"check failed: {type(error).__name__}: {error}"
             checks.append(f"{short} {result}")
@@ -513,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda but no CUDA device is available")
 
     started = time.perf_counter()
+    allocator = harness.pin_allocator()
     info = harness.DeviceInfo.collect(args.device)
     s = settings_for(args.device, args.quick)
     bandwidth = harness.copy_bandwidth(args.device, info.cache_bytes)
@@ -542,9 +618,13 @@ def main(argv: list[str] | None = None) -> int:
     preamble = [
         f"copy bandwidth (read + write, measured in this run): {bandwidth / 1e9:.1f} GB/s",
         f"timing: {'CUDA events, calls queued back to back' if args.device == 'cuda' else 'time.perf_counter per call'}; "
-        f"{s.warmup} warm-up call(s), median of {s.min_repeats}-{s.max_repeats} calls (as many as fit "
+        + (f"warm-up per contestant: {harness.WARMUP_CALLS} calls or {harness.WARMUP_S:g} s, whichever comes first "
+           f"(at least {s.warmup}); " if args.device == "cpu" and not args.quick else f"{s.warmup} warm-up call(s); ")
+        + f"median of {s.min_repeats}-{s.max_repeats} calls (as many as fit "
         f"{s.budget_s:g} s per contestant); inputs rotated over up to 8 distinct sets (3x the "
         f"{info.cache_bytes >> 20} MiB cache)",
+        allocator,
+        f"torchvision {tv_version()}" if tv_ops is not None else "torchvision not importable: its column is empty",
         f"priors from {prior_source}; seed {args.seed}; whole run {elapsed:.0f} s, load average at the end "
         f"{harness.load_average()}" + (" (--quick: smoke sizes, not results)" if args.quick else ""),
         "ratios are other/ours (above 1: ours is faster); floor = bytes that must move / copy bandwidth; "
@@ -557,7 +637,9 @@ def main(argv: list[str] | None = None) -> int:
     md_path, json_path = harness.write_results(
         args.out, stem, f"mdssd kernel benchmarks: {info.name}", info, preamble, md,
         {"suite": "kernels", "quick": args.quick, "ops": selected, "copy_bandwidth_bytes_per_s": bandwidth,
-         "settings": dataclasses.asdict(s), "priors_source": prior_source, "elapsed_s": elapsed,
+         "settings": dataclasses.asdict(s), "priors_source": prior_source, "allocator": allocator,
+         "torchvision": tv_version() if tv_ops is not None else None, "tv_batched_box_iou": TV_BATCHED_BOX_IOU,
+         "warmup_calls": harness.WARMUP_CALLS, "warmup_s": harness.WARMUP_S, "elapsed_s": elapsed,
          "rows": [{**dataclasses.asdict(r), **harness.derived(r, bandwidth)} for r in rows]})
     print(f"\nwrote {md_path} and {json_path} ({elapsed:.0f} s)")
     return 0

@@ -12,6 +12,12 @@
 //    for every thread of the team, spinning first: beside another torch process doing parallel
 //    work every parallel region cost up to a scheduler timeslice, and ops ran 10-50x slower at
 //    2 threads than on one (issue 12).
+//  * Backing off when helpers are late: a helper can still be descheduled in the middle of a
+//    chunk it claimed, and the caller then waits for it (up to a timeslice). After every
+//    parallel loop the caller compares the loop's time with its own time per item times the
+//    whole range; when going parallel did not pay, loops run on the calling thread for a
+//    back-off period (5 ms, doubled per further late loop up to 200 ms, halved per loop that
+//    paid), then probe the helpers again (parallel.cpp, Backoff).
 //  * The thread count is torch's (at::get_num_threads(), so torch.set_num_threads and
 //    OMP_NUM_THREADS apply); one thread, a call from inside a parallel loop (ours or torch's), or
 //    a second caller while the helpers are busy runs inline.
