@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mdssd.ablation", description=__doc__.split("\n\n")[0], allow_abbrev=False,
         epilog="Any other flag is passed to every training run (see python -m mdssd.train --help).")
-    parser.add_argument("--dataset", default="synthetic", choices=("synthetic", "voc", "coco", "tt100k"),
+    from .data.dataset import DATASETS
+
+    parser.add_argument("--dataset", default="synthetic", choices=DATASETS,
                         help="data set of every run (default: synthetic)")
     parser.add_argument("--data-root", default=None, help="data set folder (not needed for synthetic)")
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), metavar="PRESET",

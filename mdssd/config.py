@@ -24,6 +24,8 @@ from typing import Any, Optional
 
 import yaml
 
+from .data.dataset import DATASETS
+
 # The small preset of mdssd.model, used by the default CPU run and the tests.
 SMALL_PRESET = "mdssd_tiny"
 PAPER_PRESETS = ("mdssd300", "mdssd512", "ssd300", "ssd512")
@@ -43,7 +45,7 @@ class TrainConfig:
     pretrained_backbone: Optional[str] = None
 
     # --- data
-    # synthetic | voc | coco | tt100k
+    # synthetic | voc | coco | tt100k | yolo | visdrone | dota
     dataset: str = "synthetic"
     data_root: Optional[str] = None
     train_split: Optional[str] = None
@@ -169,7 +171,7 @@ PRESET_DEFAULTS["ssd512_s4"] = PRESET_DEFAULTS["ssd512"]
 
 _CHOICES = {
     "backend": ("ext", "reference"),
-    "dataset": ("synthetic", "voc", "coco", "tt100k"),
+    "dataset": DATASETS,
     "device": ("auto", "cpu", "cuda"),
     "amp": ("auto", "off", "bf16", "fp16"),
     "tile_merge": ("nms", "ios"),
@@ -321,8 +323,8 @@ FIELD_HELP: dict[str, str] = {
     "batch_norm": "BatchNorm after every backbone conv (needed to train from scratch)",
     "backend": "ops backend: ext (compiled kernels) or reference (pure PyTorch); same results",
     "pretrained_backbone": "path of a local torchvision vgg16 state-dict file for the backbone",
-    "dataset": "data set: synthetic, voc, coco or tt100k",
-    "data_root": "data set folder (not needed for synthetic)",
+    "dataset": "data set: synthetic, voc, coco, tt100k, yolo, visdrone or dota",
+    "data_root": "data set folder (yolo: data.yaml or its folder; not needed for synthetic)",
     "train_split": "training split name (null: the data set's usual one)",
     "val_split": "evaluation split name (null: the data set's usual one)",
     "synthetic_train_images": "synthetic set: training images",

@@ -1,4 +1,4 @@
-"""``python -m mdssd.eval --weights CKPT --data {synthetic,voc,coco,tt100k} [--data-root PATH]``.
+"""``python -m mdssd.eval --weights CKPT --dataset {synthetic,voc,coco,tt100k,yolo,visdrone,dota} [--data-root PATH]``.
 
 Runs a trained model over a data set's evaluation split and prints the per-class table with
 VOC07 mAP (11-point and area, ``difficult`` ignored) and, when pycocotools is installed, the COCO
@@ -102,7 +102,9 @@ def evaluate(model, source, batch_size: int = 8, num_workers: int = 0, coco: boo
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mdssd.eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", required=True, help="checkpoint (.pt) written by mdssd")
-    parser.add_argument("--data", default="synthetic", choices=("synthetic", "voc", "coco", "tt100k"))
+    from .data.dataset import DATASETS
+
+    parser.add_argument("--data", "--dataset", dest="data", default="synthetic", choices=DATASETS)
     parser.add_argument("--data-root", default=None, help="data set folder (not needed for synthetic)")
     parser.add_argument("--split", default="val", help="val (default) or the data set's own split name")
     parser.add_argument("--num-images", type=int, default=None,

@@ -121,20 +121,22 @@ def check_boxes(boxes: np.ndarray, width: int, height: int, file: str | Path, re
     return np.clip(boxes, 0, [width, height, width, height]) if len(boxes) else boxes
 
 
-def load_rgb(path: str | Path, record: str, expect: tuple[int, int] | None = None) -> np.ndarray:
+def load_rgb(path: str | Path, record: str, expect: tuple[int, int] | None = None,
+             exif_transpose: bool = False) -> np.ndarray:
     """Decode an image file to ``uint8 [H,W,3]`` RGB; errors name the file and the record.
 
     ``expect`` is the ``(width, height)`` the annotation claims; a different decoded size means
     the boxes refer to another image, so it is an error rather than a silent rescale.
+    ``exif_transpose``: rotate/mirror as the EXIF orientation says (what YOLO labels refer to).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(path, record, "image file not found")
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            im = (ImageOps.exif_transpose(im) if exif_transpose else im).convert("RGB")
             array = np.asarray(im)
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise AnnotationError(path, record, f"cannot decode image ({error})") from error

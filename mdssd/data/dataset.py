@@ -14,7 +14,7 @@ from .transforms import Resize, SSDAugment
 
 __all__ = ["DetectionDataset", "collate", "build_source", "build_dataset", "DATASETS"]
 
-DATASETS = ("synthetic", "voc", "coco", "tt100k")
+DATASETS = ("synthetic", "voc", "coco", "tt100k", "yolo", "visdrone", "dota")
 
 
 class DetectionDataset(Dataset):
@@ -111,7 +111,9 @@ def build_source(name: str, root: str | Path | None = None, split: str = "train"
 
     Expected layouts under ``root``: VOC ``VOC2007/{Annotations,JPEGImages,ImageSets}`` (root is
     the ``VOC2007`` folder); COCO ``annotations/instances_<split>.json`` and ``<split>/`` images;
-    TT100K ``annotations.json`` and ``train/``, ``test/`` images.
+    TT100K ``annotations.json`` and ``train/``, ``test/`` images; YOLO a ``data.yaml`` (root is
+    the file or its folder; splits ``train``/``val``/``test``, :mod:`mdssd.data.yolo`); VisDrone
+    and DOTA one folder per split (:mod:`mdssd.data.visdrone`, :mod:`mdssd.data.dota`).
     """
     if name == "synthetic":
         from .synthetic import SyntheticSigns
@@ -134,6 +136,18 @@ def build_source(name: str, root: str | Path | None = None, split: str = "train"
         from .tt100k import TT100KDetection
 
         return TT100KDetection(root, split={"train": "train", "val": "test"}.get(split, split), **options)
+    if name == "yolo":
+        from .yolo import YOLODetection
+
+        return YOLODetection(root, split, **options)
+    if name == "visdrone":
+        from .visdrone import VisDroneDetection
+
+        return VisDroneDetection(root, split, **options)
+    if name == "dota":
+        from .dota import DOTADetection
+
+        return DOTADetection(root, split, **options)
     raise ValueError(f"unknown data set {name!r}; choose from {DATASETS}")
 
 

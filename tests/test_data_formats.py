@@ -1,0 +1,167 @@
+"""YOLO, VisDrone and DOTA readers on small folders written here: good files read back to the
+pixel boxes they were written from; bad ones raise AnnotationError naming file and line."""
+
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mdssd.data import AnnotationError, build_source
+from mdssd.data.yolo import YOLODetection, label_path
+
+
+def _image(path, width, height, exif_orientation=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.new("RGB", (width, height), (10, 20, 30))
+    if exif_orientation is None:
+        image.save(path)
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        image.save(path, exif=exif)
+
+
+def _yolo(root, images, yaml_text=None, names=("car", "person", "bike")):
+    """``images``: {relative image path: (width, height, label text or None)}."""
+    for rel, (width, height, labels) in images.items():
+        _image(root / rel, width, height)
+        if labels is not None:
+            path = label_path(root / rel)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(labels)
+    text = yaml_text if yaml_text is not None else (
+        f"path: {root}\ntrain: images/train\nval: images/val\nnames: {list(names)}\n")
+    (root / "data.yaml").write_text(text)
+    return root
+
+
+def test_label_path_is_ultralytics_img2label():
+    assert str(label_path("/d/images/train/a.b.jpg")) == "/d/labels/train/a.b.txt"
+    # Only the last /images/ changes; without one the label sits next to the image.
+    assert str(label_path("/images/x/images/1.png")) == "/images/x/labels/1.txt"
+    assert str(label_path("/d/pics/1.png")) == "/d/pics/1.txt"
+
+
+def test_yolo_reads_boxes_polygons_and_empty_images(tmp_path):
+    root = _yolo(tmp_path, {
+        "images/train/a.jpg": (200, 100, "0 0.5 0.5 0.2 0.4\n\n2 0.1 0.2 0.1 0.2\n"),
+        "images/train/sub/b.png": (64, 64, "1 0.25 0.25 0.75 0.25 0.5 0.75\n"),  # a polygon -> its box
+        "images/train/c.jpg": (50, 40, ""),  # empty label file: no objects
+        "images/train/d.jpg": (50, 40, None),  # no label file: no objects
+        "images/val/e.jpg": (30, 30, "0 0.5 0.5 1 1\n"),
+    })
+    train = build_source("yolo", root, "train")
+    assert isinstance(train, YOLODetection) and train.class_names == ("car", "person", "bike")
+    assert [a.file_name for a in (train.annotation(i) for i in range(4))] == [
+        "images/train/a.jpg", "images/train/c.jpg", "images/train/d.jpg", "images/train/sub/b.png"]
+    a = train.annotation(0)
+    np.testing.assert_allclose(a.boxes, [[80, 30, 120, 70], [10, 10, 30, 30]])
+    assert a.labels.tolist() == [1, 3] and (a.width, a.height) == (200, 100)
+    assert len(train.annotation(1).boxes) == 0 and len(train.annotation(2).boxes) == 0
+    np.testing.assert_allclose(train.annotation(3).boxes, [[16, 16, 48, 48]])
+    assert train.annotation(3).labels.tolist() == [2]
+    assert train.image(0).shape == (100, 200, 3)
+    val = build_source("yolo", root / "data.yaml", "val")
+    np.testing.assert_allclose(val.annotation(0).boxes, [[0, 0, 30, 30]])
+
+
+def test_yolo_data_yaml_forms(tmp_path):
+    images = {"images/a/1.jpg": (20, 20, "1 0.5 0.5 0.5 0.5"), "images/b/2.jpg": (20, 20, None),
+              "images/c/3.jpg": (20, 20, None)}
+    # Relative path (to the YAML's folder), names as an id -> name map, a list of folders, a .txt list.
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "val.txt").write_text("./images/c/3.jpg\n\nimages/a/1.jpg\n")
+    _yolo(tmp_path / "ds", images, "path: .\ntrain: [images/a, images/b]\nval: val.txt\n"
+                                    "names:\n  0: car\n  1: person\n")
+    train = YOLODetection(tmp_path / "ds", "train")
+    assert train.class_names == ("car", "person") and len(train) == 2
+    val = YOLODetection(tmp_path / "ds", "val")
+    assert [val.annotation(i).file_name for i in range(2)] == ["images/a/1.jpg", "images/c/3.jpg"]
+    assert val.annotation(0).labels.tolist() == [2]
+    # No 'path': the YAML's folder; 'nc' without names; another YAML file name.
+    (tmp_path / "ds" / "data.yaml").unlink()
+    (tmp_path / "ds" / "mine.yaml").write_text("train: images/a\nval: images/b\nnc: 2\n")
+    assert YOLODetection(tmp_path / "ds", "train").class_names == ("class_0", "class_1")
+
+
+def test_yolo_exif_orientation_swaps_the_size_as_displayed(tmp_path):
+    root = _yolo(tmp_path, {"images/train/r.jpg": (40, 20, "0 0.5 0.25 0.5 0.5")})
+    _image(root / "images/train/r.jpg", 40, 20, exif_orientation=6)  # stored 40x20, shown 20x40
+    source = YOLODetection(root, "train")
+    ann = source.annotation(0)
+    assert (ann.width, ann.height) == (20, 40)
+    np.testing.assert_allclose(ann.boxes, [[5, 0, 15, 20]])
+    assert source.image(0).shape == (40, 20, 3)
+
+
+def test_yolo_leniency_as_ultralytics(tmp_path):
+    # A box whose corners pass the border (xc, yc, w, h all in [0, 1]) is clipped; duplicates removed, warned.
+    root = _yolo(tmp_path, {"images/train/a.jpg": (100, 100, "0 0.95 0.5 0.2 0.2\n1 0.5 0.5 0.1 0.1\n"
+                                                             "1 0.5 0.5 0.1 0.1\n")})
+    with pytest.warns(UserWarning, match=r"a\.txt: duplicate label lines \[3\] removed"):
+        ann = YOLODetection(root, "train").annotation(0)
+    np.testing.assert_allclose(ann.boxes, [[85, 40, 100, 60], [45, 45, 55, 55]])
+
+
+@pytest.mark.parametrize("labels, message", [
+    ("0 0.5 0.5 0.1\n", "line 1: 4 values"),
+    ("0 0.5 0.5 0.1 0.1\n1 0.5 0.5 0.1 0.1 0.3\n", "line 2: 6 values"),
+    ("0 0.1 0.1 0.2 0.2 0.3 0.3 0.4\n", "line 1: 8 values"),
+    ("0 0.5 zero 0.1 0.1\n", "line 1: not a number"),
+    ("\n3 0.5 0.5 0.1 0.1\n", "line 2: class id 3 is not one of names' ids 0..2"),
+    ("-1 0.5 0.5 0.1 0.1\n", "line 1: class id -1"),
+    ("0.5 0.5 0.5 0.1 0.1\n", "line 1: class id 0.5"),
+    ("0 1.2 0.5 0.1 0.1\n", r"line 1: coordinates must be normalised to \[0, 1\]"),
+    ("0 0.5 0.5 -0.1 0.1\n", "line 1: coordinates must be normalised"),
+    ("0 0.5 0.5 0 0.1\n", "line 1: zero-size box"),
+    ("0 nan 0.5 0.1 0.1\n", "line 1: non-finite"),
+])
+def test_yolo_bad_lines_name_file_and_line(tmp_path, labels, message):
+    root = _yolo(tmp_path, {"images/train/a.jpg": (100, 100, labels)})
+    with pytest.raises(AnnotationError, match=message) as info:
+        YOLODetection(root, "train")
+    assert str(tmp_path / "labels" / "train" / "a.txt") in str(info.value)
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("train: [images/train\n", "data.yaml: YAML: cannot parse"),
+    ("- a\n- b\n", "top level is not a mapping"),
+    ("train: images/train\nval: images/train\n", "names: missing"),
+    ("train: images/train\nval: images/train\nnames: {0: a, 2: b}\n", r"ids must be 0..1, got \[0, 2\]"),
+    ("train: images/train\nval: images/train\nnames: [a, b]\nnc: 3\n", "nc is 3 but names has 2"),
+    ("train: images/nowhere\nval: images/train\nnames: [a]\n", "data.yaml: train: 'images/nowhere' not found"),
+    ("val: images/train\nnames: [a]\n", r"data.yaml: train: no 'train' entry \(has val\)"),
+    ("train: list.txt\nval: images/train\nnames: [a]\n", "list.txt: line 2: image 'images/train/zz.jpg' not found"),
+    ("train: empty\nval: images/train\nnames: [a]\n", "train: no images in 'empty'"),
+])
+def test_yolo_bad_data_yaml(tmp_path, yaml_text, message):
+    root = _yolo(tmp_path, {"images/train/a.jpg": (10, 10, None)}, yaml_text)
+    (root / "list.txt").write_text("images/train/a.jpg\nimages/train/zz.jpg\n")
+    (root / "empty").mkdir()
+    with pytest.raises(AnnotationError, match=message):
+        YOLODetection(root, "train")
+
+
+def test_yolo_missing_corrupt_and_unfound(tmp_path):
+    root = _yolo(tmp_path, {"images/train/a.jpg": (10, 10, None)})
+    (root / "images/train/b.jpg").write_bytes(b"not an image")
+    with pytest.raises(AnnotationError, match=r"b\.jpg: image 1: cannot read image header"):
+        YOLODetection(root, "train")
+    with pytest.raises(AnnotationError, match="data.yaml: not found: no YAML file"):
+        YOLODetection(tmp_path / "images", "train")
+    with pytest.raises(AnnotationError, match="no such file or folder"):
+        build_source("yolo", tmp_path / "nowhere", "train")
+    # An image that disappears after indexing is named when it is loaded.
+    (root / "images/train/b.jpg").unlink()
+    source = YOLODetection(root, "train")
+    (root / "images/train/a.jpg").unlink()
+    with pytest.raises(AnnotationError, match=r"a\.jpg: image 0: image file not found"):
+        source.image(0)
+
+
+def test_yolo_no_warning_on_clean_files(tmp_path):
+    root = _yolo(tmp_path, {"images/train/a.jpg": (100, 100, "0 0.5 0.5 0.1 0.1\n")})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        YOLODetection(root, "train")
