@@ -76,6 +76,9 @@ class TrainConfig:
     crop_object_prob: float = 0.8
     # A box cut by the crop window is kept if this share of its area remains, else ignored.
     crop_min_visible: float = 0.6
+    # Crop windows per training image and epoch (each its own random window); null: the median
+    # image area over the window area, 1 to 64 (mdssd.data.crop.windows_per_image).
+    crop_windows: Optional[int] = None
     # Periodic evaluation on tiles of this side in image px (null: whole images resized).
     tile: Optional[int] = None
     # Overlap of neighbouring tiles, as a fraction of the tile side.
@@ -284,6 +287,8 @@ def _validate_crop_tile(config: TrainConfig) -> None:
         raise ConfigError(f"config field 'crop_object_prob' must be in [0, 1], got {config.crop_object_prob}")
     if not 0 < config.crop_min_visible <= 1:
         raise ConfigError(f"config field 'crop_min_visible' must be in (0, 1], got {config.crop_min_visible}")
+    if config.crop_windows is not None and config.crop_windows < 1:
+        raise ConfigError(f"config field 'crop_windows' must be >= 1 or null, got {config.crop_windows}")
     if config.tile is not None and config.tile < 8:
         raise ConfigError(f"config field 'tile' must be >= 8 pixels or null, got {config.tile}")
     if not 0 <= config.tile_overlap < 1:

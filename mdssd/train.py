@@ -44,7 +44,7 @@ _MUST_MATCH = ("preset", "batch_norm", "dataset", "data_root", "train_split", "d
                "synthetic_train_images", "synthetic_min_size", "synthetic_max_size", "seed",
                "batch_size", "lr",  # lr: the scheduler's restored base lr would silently win
                "synthetic_object_sizes", "synthetic_objects", "crop", "crop_scale", "crop_object_prob",
-               "crop_min_visible")
+               "crop_min_visible", "crop_windows")
 # Schedule fields a resumed run may change on purpose (e.g. to train longer): the schedule reads
 # them from the config, so they apply from the resumed step on; the run says so.
 _MAY_CHANGE = ("steps", "epochs", "lr_decay_at", "lr_gamma", "warmup_steps")
@@ -150,7 +150,7 @@ def build_data(cfg: TrainConfig, image_size: int) -> DataBundle:
     synthetic set's size and image sizes differ per split; see also
     :func:`mdssd.inference.synthetic_val_options`, which ``mdssd.eval`` uses to rebuild the val set)."""
     from .data import DetectionDataset, Resize, SSDAugment, build_source
-    from .data.crop import NativeCrop
+    from .data.crop import NativeCrop, windows_per_image
     from .inference import synthetic_shape_options
 
     def source(split: str, default: str):
@@ -165,7 +165,9 @@ def build_data(cfg: TrainConfig, image_size: int) -> DataBundle:
 
     augment = (NativeCrop(size=image_size, scale_range=tuple(cfg.crop_scale), object_prob=cfg.crop_object_prob,
                           min_visible=cfg.crop_min_visible) if cfg.crop else SSDAugment(size=image_size))
-    train = DetectionDataset(source(cfg.train_split, "train"), augment, seed=cfg.seed)
+    train_source = source(cfg.train_split, "train")
+    repeats = (cfg.crop_windows or windows_per_image(train_source, image_size)) if cfg.crop else 1
+    train = DetectionDataset(train_source, augment, seed=cfg.seed, repeats=repeats)
     val = DetectionDataset(source(cfg.val_split, "val"), Resize(size=image_size), seed=cfg.seed)
     if train.class_names != val.class_names:
         raise RuntimeError(f"train and val splits of {cfg.dataset} disagree on the classes: "
@@ -368,7 +370,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 def _train(cfg: TrainConfig, info: distributed.DistInfo) -> dict[str, Any]:
     """The whole run: set up, train until the last (or ``stop_at_step``) step, summarise."""
     t_start = time.time()
-    run = setup_run(cfg, info)
+    try:
+        run = setup_run(cfg, info)
+    except Exception as error:
+        error.during_setup = True  # main() prints it as one line naming the problem
+        raise
     stopped_early = False
     try:
         run.model.train()
@@ -481,14 +487,16 @@ def setup_run(cfg: TrainConfig, info: distributed.DistInfo) -> Run:
 
     optimizer = torch.optim.SGD(param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
+    images = len(bundle.train.source)
+    if images == 0:
+        raise config_mod.ConfigError(f"the training set of {cfg.dataset} ({cfg.data_root}) has no images")
+    if len(bundle.train) < cfg.batch_size:
+        # A set smaller than one batch is cycled: more items (windows, augmentations) per image.
+        bundle.train.repeats = math.ceil(cfg.batch_size / images)
     train_items = SeededItems(bundle.train, cfg.seed, stream=0)
     val_items = SeededItems(bundle.val, cfg.seed, stream=1)
     sampler = EpochSampler(len(train_items), info.world_size, info.rank, shuffle=True, seed=cfg.seed)
     steps_per_epoch = sampler.num_samples // per_rank_batch
-    if steps_per_epoch < 1:
-        raise config_mod.ConfigError(
-            f"the training set ({len(train_items)} images) is smaller than one batch per process "
-            f"({per_rank_batch})")
     total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
     scheduler = build_scheduler(optimizer, total_steps, cfg.warmup_steps, cfg.warmup_factor,
                                 cfg.lr_decay_at, cfg.lr_gamma)
@@ -555,7 +563,9 @@ def _open_log(run: Run):
     log = RunLog(run.out_dir, run.total_steps, run.step, cfg.progress, cfg.tensorboard)
     log.message(
         f"mdssd.train: {cfg.preset} ({run.core.config.image_size}px, {run.num_classes - 1} classes) on "
-        f"{cfg.dataset} ({len(run.bundle.train)} train / {len(run.bundle.val)} val images), "
+        f"{cfg.dataset} ({len(run.bundle.train.source)} train"
+        + (f" x {run.bundle.train.repeats} {'windows' if cfg.crop else 'passes'}" if run.bundle.train.repeats > 1 else "")
+        + f" / {len(run.bundle.val)} val images), "
         f"{run.total_steps} steps of batch {cfg.batch_size} ({run.steps_per_epoch} per epoch) on "
         f"{run.info.world_size} x {run.device.type}, amp {run.amp_dtype or 'off'}, out {run.out_dir}"
         + (f"; resumed from {run.resume_from} at step {run.step}" if run.resume_from else ""))
@@ -761,7 +771,22 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as error:
         print(f"mdssd.train: {error}", file=sys.stderr)
         return 1
+    except Exception as error:
+        # A run that cannot start (a bad annotation, a missing file, a checkpoint of another run)
+        # says why in one line, as argument errors do; MDSSD_TRACEBACK=1 shows the traceback.
+        if not getattr(error, "during_setup", False) or os.environ.get("MDSSD_TRACEBACK"):
+            raise
+        print(f"mdssd.train: {one_line(error)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line; the type's name first unless the message is ours or an
+    OS error's (which name the problem themselves)."""
+    text = " ".join(str(error).split()) or repr(error)
+    ours = isinstance(error, (config_mod.ConfigError, OSError)) or type(error).__module__.startswith("mdssd")
+    return text if ours else f"{type(error).__name__}: {text}"
 
 
 if __name__ == "__main__":

@@ -35,7 +35,11 @@ from PIL import Image
 
 from .transforms import _photometric, _render, to_tensor
 
-__all__ = ["NativeCrop", "crop_boxes"]
+__all__ = ["NativeCrop", "crop_boxes", "windows_per_image"]
+
+# Default number of crop windows per image and epoch: at most this many (a 20,000 px DOTA image
+# holds thousands of 300 px windows; an epoch of that many items would only delay evaluation).
+MAX_DEFAULT_WINDOWS = 64
 
 
 def crop_boxes(boxes: np.ndarray, window: np.ndarray, min_visible: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -53,6 +57,19 @@ def crop_boxes(boxes: np.ndarray, window: np.ndarray, min_visible: float) -> tup
     keep = (visible >= min_visible) & (inside > 0)
     ignore = (inside > 0) & ~keep
     return clipped[keep], keep, clipped[ignore]
+
+
+def windows_per_image(source, size: int, limit: int = MAX_DEFAULT_WINDOWS, sample: int = 1000) -> int:
+    """Crop windows per image and epoch when none is asked for: the median image area over the
+    window area (``size^2``, native resolution), rounded, in ``[1, limit]``; so an epoch shows
+    about every pixel once. The median is taken over at most ``sample`` images spread evenly
+    over the set (annotations only: image headers, no decoding)."""
+    n = len(source)
+    if n == 0:
+        return 1
+    picks = np.unique(np.linspace(0, n - 1, min(n, sample)).round().astype(np.int64))
+    areas = [source.annotation(int(i)).width * source.annotation(int(i)).height for i in picks]
+    return int(np.clip(round(float(np.median(areas)) / (size * size)), 1, limit))
 
 
 def _axis_start(rng: np.random.Generator, length: float, side: float, box: tuple[float, float] | None) -> float:

@@ -34,14 +34,21 @@ class DetectionDataset(Dataset):
             returns ignore regions (:class:`~mdssd.data.crop.NativeCrop`: ``..., ignore01``) puts
             them in the target as ``"ignore"``.
         keep_difficult: train on VOC ``difficult`` objects too (crowd regions never are targets).
+        repeats: items per source image and epoch (crop training: several windows of each large
+            image; a set smaller than a batch: cycled). Item ``i`` is image ``i % len(source)``
+            with its own augmentation seed, so ``repeats=1`` is the plain set.
     """
 
-    def __init__(self, source: DetectionSource, transform: Callable, seed: int = 0, keep_difficult: bool = False):
+    def __init__(self, source: DetectionSource, transform: Callable, seed: int = 0, keep_difficult: bool = False,
+                 repeats: int = 1):
+        if int(repeats) < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
         self.source = source
         self.transform = transform
         self.seed = int(seed)
         self.epoch = 0
         self.keep_difficult = keep_difficult
+        self.repeats = int(repeats)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -56,7 +63,7 @@ class DetectionDataset(Dataset):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.source)
+        return len(self.source) * self.repeats
 
     def __getitem__(self, index: int):
         return self.get(index, np.random.default_rng([self.seed, self.epoch, int(index)]))
@@ -64,6 +71,7 @@ class DetectionDataset(Dataset):
     def get(self, index: int, rng: np.random.Generator):
         """Item ``index`` with augmentation randomness from ``rng`` (for callers that seed items
         themselves, e.g. training's ``(seed, stream, epoch, index)`` scheme)."""
+        index = int(index) % len(self.source) if self.repeats > 1 else int(index)
         annotation = self.source.annotation(index)
         boxes, labels = annotation.trainable(self.keep_difficult)
         out = self.transform(self.source.image(index), boxes, labels, rng)
