@@ -10,7 +10,10 @@ VOC protocol (as the VOC devkit's ``VOCevaldet``): per class, detections over al
 ranked by descending score (ties: earlier image, then earlier detection); a detection is a true
 positive when its best-overlapping ground truth of that class has IoU >= 0.5, is not ``difficult``
 and was not already taken; a detection whose best match is ``difficult`` is ignored (neither true
-nor false positive); crowd regions are treated like difficult objects. Boxes use the continuous
+nor false positive); crowd regions are treated like difficult objects, and also, as pycocotools
+matches crowd, a detection that would be a false positive is ignored when at least the IoU
+threshold of its own area lies inside a crowd region of its class (VisDrone's ignored regions are
+large: a small detection in one has a small IoU). Boxes use the continuous
 convention of :mod:`mdssd.data.base`, which equals the devkit's "+1" pixel arithmetic on VOC's
 inclusive corners. A class without non-difficult ground truth has AP NaN and is left out of mAP.
 """
@@ -75,6 +78,18 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
+def _inside_crowd(box: np.ndarray, crowd: np.ndarray, threshold: float) -> bool:
+    """At least ``threshold`` of ``box``'s area inside one of the ``crowd`` boxes (pycocotools'
+    crowd overlap: intersection over the detection's area)."""
+    if len(crowd) == 0:
+        return False
+    lt = np.maximum(box[:2], crowd[:, :2])
+    rb = np.minimum(box[2:], crowd[:, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+    area = float(np.prod(box[2:] - box[:2]))
+    return bool(area > 0 and (inter >= threshold * area).any())
+
+
 @dataclass
 class VOCResult:
     class_names: tuple[str, ...]
@@ -101,10 +116,11 @@ def voc_eval(annotations: Sequence[Annotation], detections: Sequence[Detections]
     ap_11, ap_area = np.full(k, np.nan), np.full(k, np.nan)
     num_gt, num_det = np.zeros(k, np.int64), np.zeros(k, np.int64)
     for label in range(1, k + 1):
-        gts = []
+        gts, crowds = [], []
         for ann in annotations:
             mask = ann.labels == label
             gts.append((ann.boxes[mask], (ann.difficult | ann.crowd)[mask]))
+            crowds.append(ann.boxes[mask & ann.crowd])
         npos = sum(int((~ignore).sum()) for _, ignore in gts)
         # (score, image, detection) ranked by descending score, ties to earlier image/detection.
         image_idx, boxes, scores = [], [], []
@@ -135,7 +151,7 @@ def voc_eval(annotations: Sequence[Annotation], detections: Sequence[Detections]
                     taken[image_idx[d]][best] = True
                 else:
                     fp[rank] = 1  # duplicate detection
-            else:
+            elif not _inside_crowd(boxes[d], crowds[image_idx[d]], iou_threshold):
                 fp[rank] = 1
         if npos == 0:
             continue

@@ -165,3 +165,106 @@ def test_yolo_no_warning_on_clean_files(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         YOLODetection(root, "train")
+
+
+# ------------------------------------------------------------------------------------- VisDrone
+
+def _visdrone(root, files, split="VisDrone2019-DET-train"):
+    """``files``: {stem: (width, height, annotation text or None)}."""
+    for stem, (width, height, text) in files.items():
+        _image(root / split / "images" / f"{stem}.jpg", width, height)
+        (root / split / "annotations").mkdir(parents=True, exist_ok=True)
+        if text is not None:
+            (root / split / "annotations" / f"{stem}.txt").write_text(text)
+    return root
+
+
+def test_visdrone_reads_classes_and_ignore_regions(tmp_path):
+    from mdssd.data.visdrone import VISDRONE_CLASSES, VisDroneDetection
+
+    root = _visdrone(tmp_path, {"0000001": (200, 100, "10,20,30,40,1,4,0,1,\n"
+                                                      "100,10,50,50,0,0,0,0\n"  # ignored region
+                                                      "0,60,20,40,1,11,0,0\n"  # others
+                                                      "150,60,10,10,1,10,1,2\n"),
+                                "0000002": (64, 64, "")})
+    source = build_source("visdrone", root, "train")
+    assert isinstance(source, VisDroneDetection) and source.class_names == VISDRONE_CLASSES and len(source) == 2
+    ann = source.annotation(0)
+    real = ~ann.crowd
+    np.testing.assert_array_equal(ann.boxes[real], [[10, 20, 40, 60], [150, 60, 160, 70]])
+    assert ann.labels[real].tolist() == [4, 10]  # car, motor
+    # Each ignore region once per class, as crowd: never trained on, ignored by every class's metric.
+    assert ann.crowd.sum() == 2 * 10 and sorted(set(ann.labels[ann.crowd].tolist())) == list(range(1, 11))
+    assert {tuple(b) for b in ann.boxes[ann.crowd]} == {(100, 10, 150, 60), (0, 60, 20, 100)}
+    boxes, labels = ann.trainable()
+    assert labels.tolist() == [4, 10]
+    assert source.truncation[0].tolist() == [0, 1] and source.occlusion[0].tolist() == [1, 2]
+    assert len(source.annotation(1).boxes) == 0 and source.image(0).shape == (100, 200, 3)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("10,20,30,40,1,4,0\n", "line 1: 7 fields"),
+    ("1,1,2,2,1,1,0,0\n10,20,x,40,1,4,0,0\n", "line 2: not a number"),
+    ("10,20,30,40,1,12,0,0\n", "line 1: category 12 is not 0-11"),
+    ("10,20,30,40,1,4,2,0\n", "line 1: truncation 2"),
+    ("10,20,0,40,1,4,0,0\n", "line 1: zero-size box"),
+    ("180,20,30,40,1,4,0,0\n", r"line 1: box .* outside the 200x100 image"),
+])
+def test_visdrone_bad_lines(tmp_path, text, message):
+    root = _visdrone(tmp_path, {"0000001": (200, 100, text)})
+    with pytest.raises(AnnotationError, match=message) as info:
+        build_source("visdrone", root, "train")
+    assert "0000001.txt" in str(info.value)
+
+
+def test_visdrone_missing_annotation_and_split(tmp_path):
+    root = _visdrone(tmp_path, {"0000001": (20, 20, None)})
+    with pytest.raises(AnnotationError, match=r"0000001\.txt: image 0000001\.jpg: annotation file not found"):
+        build_source("visdrone", root, "train")
+    with pytest.raises(AnnotationError, match="split 'val': no folder with images and annotations"):
+        build_source("visdrone", root, "val")
+    # Any folder named as the split, '.' being the root itself.
+    _visdrone(tmp_path / "mine", {"a": (20, 20, "1,1,5,5,1,1,0,0\n")}, split=".")
+    assert len(build_source("visdrone", tmp_path / "mine", ".")) == 1
+
+
+# ----------------------------------------------------------------------------------------- DOTA
+
+def _dota(root, files, split="train"):
+    for stem, (width, height, text) in files.items():
+        _image(root / split / "images" / f"{stem}.png", width, height)
+        (root / split / "labelTxt").mkdir(parents=True, exist_ok=True)
+        if text is not None:
+            (root / split / "labelTxt" / f"{stem}.txt").write_text(text)
+    return root
+
+
+def test_dota_reads_polygons_difficult_and_headers(tmp_path):
+    from mdssd.data.dota import DOTA_CLASSES, DOTADetection
+
+    root = _dota(tmp_path, {"P0001": (300, 200, "imagesource:GoogleEarth\ngsd:0.146\n"
+                                                "10 20 50 10 60 40 20 50 plane 0\n"
+                                                "100 100 140 100 140 120 100 120 small-vehicle 1\n"
+                                                "290 150 310 150 310 170 290 170 ship\n")})  # past the border
+    source = build_source("dota", root, "train")
+    assert isinstance(source, DOTADetection) and source.class_names == DOTA_CLASSES
+    ann = source.annotation(0)
+    np.testing.assert_array_equal(ann.boxes, [[10, 10, 60, 50], [100, 100, 140, 120], [290, 150, 300, 170]])
+    assert [source.class_names[i - 1] for i in ann.labels] == ["plane", "small-vehicle", "ship"]
+    assert ann.difficult.tolist() == [False, True, False]
+    assert len(ann.trainable()[0]) == 2 and len(ann.trainable(keep_difficult=True)[0]) == 3
+
+
+@pytest.mark.parametrize("text, message", [
+    ("10 20 50 10 60 40 20 50\n", "line 1: 8 fields"),
+    ("gsd:0.1\n10 20 50 10 60 40 20 50 airport 0\n", "line 2: unknown class 'airport'"),
+    ("10 20 50 10 60 40 20 50 plane 2\n", "line 1: difficult must be 0 or 1"),
+    ("10 20 10 20 10 20 10 20 plane 0\n", "line 1: zero-size box"),
+    ("400 20 450 20 450 40 400 40 plane 0\n", "line 1: box .* outside the 300x200 image"),
+    ("10 20 a 10 60 40 20 50 plane 0\n", "line 1: not a number"),
+])
+def test_dota_bad_lines(tmp_path, text, message):
+    root = _dota(tmp_path, {"P0001": (300, 200, text)})
+    with pytest.raises(AnnotationError, match=message) as info:
+        build_source("dota", root, "train")
+    assert "P0001.txt" in str(info.value)

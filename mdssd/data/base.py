@@ -21,7 +21,11 @@ import numpy as np
 
 __all__ = [
     "Annotation", "AnnotationError", "DetectionSource", "check_boxes", "class_index", "image_size", "load_rgb",
+    "IMAGE_SUFFIXES", "list_images", "split_folder",
 ]
+
+# Image files the folder readers take (ultralytics' IMG_FORMATS that Pillow decodes: not heic).
+IMAGE_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm"}
 
 
 class AnnotationError(ValueError):
@@ -138,7 +142,7 @@ def load_rgb(path: str | Path, record: str, expect: tuple[int, int] | None = Non
         with Image.open(path) as im:
             im = (ImageOps.exif_transpose(im) if exif_transpose else im).convert("RGB")
             array = np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise AnnotationError(path, record, f"cannot decode image ({error})") from error
     if expect is not None and (array.shape[1], array.shape[0]) != tuple(expect):
         raise AnnotationError(
@@ -148,8 +152,16 @@ def load_rgb(path: str | Path, record: str, expect: tuple[int, int] | None = Non
     return array
 
 
-def image_size(path: str | Path, record: str) -> tuple[int, int]:
-    """``(width, height)`` from the image header only (no decode)."""
+_EXIF_ORIENTATION = 0x0112
+
+
+def image_size(path: str | Path, record: str, exif_orientation: bool = False) -> tuple[int, int]:
+    """``(width, height)`` from the image header only (no decode).
+
+    ``exif_orientation``: the size as displayed, i.e. swapped for EXIF orientations 5-8 (a
+    quarter turn), for JPEG/MPO/TIFF/WebP whose EXIF is in the header (Pillow would decode a whole
+    PNG to find its eXIf chunk: PNGs are taken as stored).
+    """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -157,9 +169,32 @@ def image_size(path: str | Path, record: str) -> tuple[int, int]:
         raise AnnotationError(path, record, "image file not found")
     try:
         with Image.open(path) as im:
-            return im.size
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            width, height = im.size
+            turned = (exif_orientation and im.format in ("JPEG", "MPO", "TIFF", "WEBP")
+                      and im.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8))
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise AnnotationError(path, record, f"cannot read image header ({error})") from error
+    return (height, width) if turned else (width, height)
+
+
+def list_images(folder: Path, recursive: bool = False) -> list[Path]:
+    """Image files (:data:`IMAGE_SUFFIXES`, any case) in ``folder``, sorted by path."""
+    files = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def split_folder(root: Path, split: str, aliases: dict[str, list[str]], needs: tuple[str, ...]) -> Path:
+    """The folder of ``split`` under ``root``: the first of ``aliases[split]`` (e.g. ``train`` ->
+    ``VisDrone2019-DET-train``), then ``split`` itself (so ``.`` is ``root``), that holds every
+    sub-folder in ``needs``; an error listing what was tried otherwise."""
+    tried = []
+    for name in [*aliases.get(split, []), split]:
+        folder = root / name
+        if all((folder / sub).is_dir() for sub in needs):
+            return folder
+        tried.append(str(folder))
+    raise AnnotationError(root, f"split {split!r}", f"no folder with {' and '.join(needs)}/ (tried "
+                                                     f"{', '.join(tried)}); name one with --train-split/--val-split")
 
 
 def class_index(names: Sequence[str]) -> dict[str, int]:

@@ -122,13 +122,22 @@ class NativeCrop:
         y1 = math.floor(_axis_start(rng, height, side, None if box is None else (box[1], box[3])))
         return np.array([x1, y1, x1 + side, y1 + side], dtype=np.float64)
 
-    def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng: np.random.Generator
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    takes_ignore = True  # DetectionDataset passes crowd regions as ``ignore``
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+                 ignore: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``ignore``: pixel regions (crowd) whose part inside the window joins the cut boxes'
+        ignore regions; the window is drawn without regard to them."""
         height, width = image.shape[:2]
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         window = self.window(rng, width, height, boxes)
         kept, keep, ignored = crop_boxes(boxes, window, self.min_visible)
+        if ignore is not None and len(ignore):
+            regions = np.clip(np.asarray(ignore, dtype=np.float64).reshape(-1, 4), window[[0, 1, 0, 1]],
+                              window[[2, 3, 2, 3]])
+            regions = regions[(regions[:, 2] > regions[:, 0]) & (regions[:, 3] > regions[:, 1])]
+            ignored = np.concatenate([ignored, regions])
         labels = labels[keep]
         side = window[2] - window[0]
         origin = window[[0, 1, 0, 1]]

@@ -74,11 +74,24 @@ class DetectionDataset(Dataset):
         index = int(index) % len(self.source) if self.repeats > 1 else int(index)
         annotation = self.source.annotation(index)
         boxes, labels = annotation.trainable(self.keep_difficult)
-        out = self.transform(self.source.image(index), boxes, labels, rng)
+        regions = ignore_regions(annotation)
+        if len(regions) and getattr(self.transform, "takes_ignore", False):
+            # Crowd regions (COCO iscrowd, VisDrone's ignored regions and "others"): the loss
+            # neither trains them as objects nor as background.
+            out = self.transform(self.source.image(index), boxes, labels, rng, ignore=regions)
+        else:
+            out = self.transform(self.source.image(index), boxes, labels, rng)
         target = {"boxes": out[1], "labels": out[2], "image_id": int(annotation.image_id)}
         if len(out) > 3:
             target["ignore"] = out[3]
         return out[0], target
+
+
+def ignore_regions(annotation) -> np.ndarray:
+    """The distinct crowd boxes of an annotation (pixels ``[m,4]``): one region whatever its
+    class (a class-agnostic region is stored once per class, see :mod:`mdssd.data.visdrone`)."""
+    crowd = annotation.boxes[annotation.crowd]
+    return np.unique(crowd, axis=0) if len(crowd) > 1 else crowd
 
 
 def collate(items: Sequence[tuple[torch.Tensor, dict]]) -> dict[str, torch.Tensor]:

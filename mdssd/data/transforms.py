@@ -176,11 +176,17 @@ class SSDAugment:
     hue_degrees: float = 18.0
     channel_swap: bool = False
 
+    takes_ignore = True  # DetectionDataset passes crowd regions as ``ignore``
+
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
-                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 rng: np.random.Generator, ignore: np.ndarray | None = None) -> tuple[torch.Tensor, ...]:
+        """``ignore`` (pixel boxes, e.g. crowd regions) follow the image through expand, crop and
+        mirror and are returned fourth (clipped to the crop, empty ones dropped); the random
+        draws do not depend on them."""
         height, width = image.shape[:2]
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        regions = None if ignore is None else np.asarray(ignore, dtype=np.float64).reshape(-1, 4)
 
         # Zoom out: the image is placed at `offset` in a canvas `ratio` times larger.
         offset, canvas_w, canvas_h = (0.0, 0.0), float(width), float(height)
@@ -189,6 +195,8 @@ class SSDAugment:
             canvas_w, canvas_h = width * ratio, height * ratio
             offset = (float((canvas_w - width) * rng.random()), float((canvas_h - height) * rng.random()))
             boxes = boxes + np.array([offset[0], offset[1], offset[0], offset[1]])
+            if regions is not None:
+                regions = regions + np.array([offset[0], offset[1], offset[0], offset[1]])
 
         # Min-IoU crop in canvas coordinates.
         min_iou = self.min_ious[rng.integers(len(self.min_ious))]
@@ -198,17 +206,26 @@ class SSDAugment:
             boxes, labels = boxes[keep], labels[keep]
         boxes = np.clip(boxes, window[[0, 1, 0, 1]], window[[2, 3, 2, 3]]) - window[[0, 1, 0, 1]]
         crop_w, crop_h = window[2] - window[0], window[3] - window[1]
-        boxes = boxes / np.array([crop_w, crop_h, crop_w, crop_h])
+        scale = np.array([crop_w, crop_h, crop_w, crop_h])
+        boxes = boxes / scale
+        if regions is not None:
+            regions = (np.clip(regions, window[[0, 1, 0, 1]], window[[2, 3, 2, 3]]) - window[[0, 1, 0, 1]]) / scale
+            regions = regions[(regions[:, 2] > regions[:, 0]) & (regions[:, 3] > regions[:, 1])]
 
         out = _render(image, offset, window, self.size)
         if rng.random() < self.mirror_prob:
             out = out.transpose(Image.FLIP_LEFT_RIGHT)
             boxes = np.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], axis=1)
+            if regions is not None:
+                regions = np.stack([1 - regions[:, 2], regions[:, 1], 1 - regions[:, 0], regions[:, 3]], axis=1)
         if self.photometric:
             out = _photometric(out, rng, self.brightness, self.contrast, self.saturation, self.hue_degrees,
                                self.channel_swap)
         boxes = np.clip(boxes, 0.0, 1.0).astype(np.float32).reshape(-1, 4)
-        return to_tensor(np.asarray(out)), torch.from_numpy(boxes), torch.from_numpy(labels)
+        result = (to_tensor(np.asarray(out)), torch.from_numpy(boxes), torch.from_numpy(labels))
+        if regions is None:
+            return result
+        return (*result, torch.from_numpy(np.clip(regions, 0.0, 1.0).astype(np.float32).reshape(-1, 4)))
 
 
 @dataclass

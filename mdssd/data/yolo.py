@@ -39,15 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from .base import Annotation, AnnotationError, ImageFileSource, load_rgb
+from .base import IMAGE_SUFFIXES, Annotation, AnnotationError, ImageFileSource, image_size, list_images, load_rgb
 
-__all__ = ["YOLODetection", "IMAGE_SUFFIXES", "find_data_yaml", "read_data_yaml", "label_path", "parse_label_file",
-           "header_size"]
+__all__ = ["YOLODetection", "IMAGE_SUFFIXES", "find_data_yaml", "read_data_yaml", "label_path", "parse_label_file"]
 
-# ultralytics' IMG_FORMATS that Pillow decodes (not heic).
-IMAGE_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm"}
 _SPLIT_KEYS = ("train", "val", "test")
-_EXIF_ORIENTATION = 0x0112
 
 
 def find_data_yaml(root: str | Path) -> Path:
@@ -139,7 +135,7 @@ def image_files(spec: Any, base: Path, yaml_path: Path, split: str) -> list[Path
         if not where.exists() and entry.startswith("../"):
             where = base / entry[3:]
         if where.is_dir():
-            files += sorted(p for p in where.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            files += list_images(where, recursive=True)
         elif where.is_file():
             files += sorted(p for p in _list_file(where) if p.suffix.lower() in IMAGE_SUFFIXES)
         else:
@@ -157,23 +153,6 @@ def label_path(image: str | Path) -> Path:
         head, tail = text.rsplit(a, 1)
         text = head + b + tail
     return Path(text).with_suffix(".txt")
-
-
-def header_size(path: Path, record: str) -> tuple[int, int]:
-    """``(width, height)`` of the image as displayed (EXIF orientation applied), from the header."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        raise AnnotationError(path, record, "image file not found")
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-            # Formats whose EXIF is in the header (Pillow decodes a whole PNG to find its eXIf chunk).
-            orientation = (im.getexif().get(_EXIF_ORIENTATION, 1) if im.format in ("JPEG", "MPO", "TIFF", "WEBP")
-                           else 1)
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise AnnotationError(path, record, f"cannot read image header ({error})") from error
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def parse_label_file(path: Path, width: int, height: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -244,7 +223,7 @@ class YOLODetection(ImageFileSource):
         self.label_paths = [label_path(p) for p in self._image_paths]
         self._annotations = []
         for image_id, (image, labels) in enumerate(zip(self._image_paths, self.label_paths)):
-            width, height = header_size(image, f"image {image_id}")
+            width, height = image_size(image, f"image {image_id}", exif_orientation=True)
             boxes, classes = parse_label_file(labels, width, height, len(self.class_names))
             try:
                 name = str(image.relative_to(self.root))

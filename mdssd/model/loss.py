@@ -57,19 +57,25 @@ def multibox_loss(loc: Tensor, conf: Tensor, loc_target: Tensor, label_target: T
 
 
 def ignore_priors(priors_xyxy: Tensor, label_target: Tensor, ignore_boxes: Tensor, ignore_counts: Tensor,
-                  iou_threshold: float, box_iou) -> Tensor:
+                  iou_threshold: float, box_iou, inside_threshold: float = 0.5) -> Tensor:
     """``label_target [B,P]`` with background priors that overlap an ignore region set to -1.
 
     ``priors_xyxy [P,4]``, ``ignore_boxes [B,I,4]`` (only the first ``ignore_counts[b]`` rows are
     real), ``box_iou`` the batched IoU op (:func:`mdssd.ops.box_iou`). A background prior with
     IoU >= ``iou_threshold`` with an ignore box is what a whole object there would have made a
-    positive or a near match; positives (matched to a kept box) stay positives. Fixed shapes.
+    positive or a near match; one with at least ``inside_threshold`` of its own area inside an
+    ignore box lies in a crowd region (VisDrone's ignored regions are much larger than the
+    priors: their IoU stays small). Positives (matched to a kept box) stay positives. Fixed shapes.
     """
     batch, count = ignore_boxes.shape[:2]
     priors = priors_xyxy.to(ignore_boxes.dtype).expand(batch, -1, -1).contiguous()
     iou = box_iou(priors, ignore_boxes.contiguous())  # [B,P,I]
     real = torch.arange(count, device=ignore_boxes.device)[None, :] < ignore_counts[:, None]
-    hit = ((iou >= iou_threshold) & real[:, None, :]).any(-1)
+    # Intersection from the IoU: inter = iou * (area_p + area_i) / (1 + iou).
+    area_p = ((priors[..., 2] - priors[..., 0]) * (priors[..., 3] - priors[..., 1]))[:, :, None]
+    area_i = ((ignore_boxes[..., 2] - ignore_boxes[..., 0]) * (ignore_boxes[..., 3] - ignore_boxes[..., 1]))[:, None]
+    inside = (iou * (area_p + area_i) >= inside_threshold * area_p * (1 + iou)) & (area_p > 0)
+    hit = (((iou >= iou_threshold) | inside) & real[:, None, :]).any(-1)
     return torch.where(hit & (label_target == 0), torch.full_like(label_target, -1), label_target)
 
 
