@@ -179,14 +179,16 @@ def _visdrone(root, files, split="VisDrone2019-DET-train"):
     return root
 
 
+VISDRONE_TEXT = ("10,20,30,40,1,4,0,1,\n"
+                 "100,10,50,50,0,0,0,0\n"  # ignored region
+                 "0,60,20,40,1,11,0,0\n"  # others
+                 "150,60,10,10,1,10,1,2\n")
+
+
 def test_visdrone_reads_classes_and_ignore_regions(tmp_path):
     from mdssd.data.visdrone import VISDRONE_CLASSES, VisDroneDetection
 
-    root = _visdrone(tmp_path, {"0000001": (200, 100, "10,20,30,40,1,4,0,1,\n"
-                                                      "100,10,50,50,0,0,0,0\n"  # ignored region
-                                                      "0,60,20,40,1,11,0,0\n"  # others
-                                                      "150,60,10,10,1,10,1,2\n"),
-                                "0000002": (64, 64, "")})
+    root = _visdrone(tmp_path, {"0000001": (200, 100, VISDRONE_TEXT), "0000002": (64, 64, "")})
     source = build_source("visdrone", root, "train")
     assert isinstance(source, VisDroneDetection) and source.class_names == VISDRONE_CLASSES and len(source) == 2
     ann = source.annotation(0)

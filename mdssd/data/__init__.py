@@ -16,7 +16,6 @@ Training builds its data like this::
 from .base import Annotation, AnnotationError, DetectionSource
 from .coco import COCODetection
 from .dataset import DATASETS, DetectionDataset, build_dataset, build_source, collate
-from .export import coco_ground_truth, export_coco
 from .synthetic import SIGN_CLASSES, SyntheticSigns
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, Resize, SSDAugment
 from .tt100k import TT100KDetection
@@ -24,7 +23,17 @@ from .voc import VOC_CLASSES, VOCDetection
 
 __all__ = [
     "Annotation", "AnnotationError", "DetectionSource", "COCODetection", "DATASETS", "DetectionDataset",
-    "build_dataset", "build_source", "collate", "coco_ground_truth", "export_coco", "SIGN_CLASSES",
+    "build_dataset", "build_source", "collate", "coco_ground_truth", "export_coco", "export_yolo", "SIGN_CLASSES",
     "SyntheticSigns", "IMAGENET_MEAN", "IMAGENET_STD", "Resize", "SSDAugment", "TT100KDetection",
     "VOC_CLASSES", "VOCDetection",
 ]
+
+
+def __getattr__(name: str):
+    # The exporters load on first use, so that ``python -m mdssd.data.export`` runs the module
+    # once (as __main__) rather than after a second copy imported by this package.
+    if name in ("coco_ground_truth", "export_coco", "export_yolo"):
+        from . import export
+
+        return getattr(export, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

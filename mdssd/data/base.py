@@ -104,6 +104,10 @@ class ImageFileSource:
         ann = self._annotations[index]
         return load_rgb(self._image_paths[index], f"image {ann.image_id}", expect=(ann.width, ann.height))
 
+    def image_path(self, index: int) -> Path:
+        """The image file (export copies it as it is)."""
+        return self._image_paths[index]
+
 
 def check_boxes(boxes: np.ndarray, width: int, height: int, file: str | Path, records: Sequence[str],
                 tolerance: float = 0.0) -> np.ndarray:
@@ -194,7 +198,8 @@ def split_folder(root: Path, split: str, aliases: dict[str, list[str]], needs: t
             return folder
         tried.append(str(folder))
     raise AnnotationError(root, f"split {split!r}", f"no folder with {' and '.join(needs)}/ (tried "
-                                                     f"{', '.join(tried)}); name one with --train-split/--val-split")
+                                                     f"{', '.join(tried)}); name the split by its folder (mdssd.train "
+                                                     f"--train-split/--val-split, mdssd.eval --split)")
 
 
 def class_index(names: Sequence[str]) -> dict[str, int]:

@@ -69,7 +69,7 @@ class COCODetection(ImageFileSource):
                 _field(img, key, path, f"image {image_id}")
             if image_id in by_id:
                 raise AnnotationError(path, f"image {image_id}", "duplicate image id")
-            by_id[image_id] = {"info": img, "boxes": [], "labels": [], "crowd": [], "records": []}
+            by_id[image_id] = {"info": img, "boxes": [], "labels": [], "crowd": [], "difficult": [], "records": []}
         for i, ann in enumerate(_field(data, "annotations", path, "top level")):
             ann_id = ann.get("id", i) if isinstance(ann, dict) else i
             name = f"annotation {ann_id}"
@@ -86,7 +86,10 @@ class COCODetection(ImageFileSource):
             entry = by_id[image_id]
             entry["boxes"].append([x, y, x + w, y + h])
             entry["labels"].append(label_of[category])
-            entry["crowd"].append(bool(ann.get("iscrowd", 0)))
+            # "difficult" (written by mdssd.data.export next to iscrowd) reads back as VOC's flag.
+            difficult = bool(ann.get("difficult", 0))
+            entry["crowd"].append(bool(ann.get("iscrowd", 0)) and not difficult)
+            entry["difficult"].append(difficult)
             entry["records"].append(f"{name} (image {image_id})")
 
         self._annotations, self._image_paths = [], []
@@ -99,5 +102,5 @@ class COCODetection(ImageFileSource):
             if check_images and not image_path.is_file():
                 raise AnnotationError(path, f"image {image_id}", f"image file {image_path} not found")
             self._annotations.append(Annotation(int(image_id), str(info["file_name"]), width, height, boxes,
-                                                entry["labels"], crowd=entry["crowd"]))
+                                                entry["labels"], difficult=entry["difficult"], crowd=entry["crowd"]))
             self._image_paths.append(image_path)

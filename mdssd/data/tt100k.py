@@ -87,6 +87,9 @@ class TT100KDetection:
             self._cache[index] = Annotation(image_id, str(path.relative_to(self.root)), width, height, boxes, classes)
         return self._cache[index]
 
+    def image_path(self, index: int) -> Path:
+        return self._entries[index][1]
+
     def image(self, index: int) -> np.ndarray:
         ann = self.annotation(index)
         return load_rgb(self.root / ann.file_name, f"image {ann.image_id}", expect=(ann.width, ann.height))
