@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--threshold", type=float, default=0.3, help="smallest score drawn")
     parser.add_argument("--classes", default=None,
-                        help="comma-separated class names when the checkpoint has none "
-                             "(default: the synthetic set's names if the class count fits)")
+                        help="class names when the checkpoint has none: comma-separated, or a YOLO data.yaml "
+                             "(its names) (default: the synthetic set's names if the class count fits)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default=None)
     parser.add_argument("--backend", default="ext", choices=("ext", "reference"))
@@ -93,7 +93,16 @@ def main(argv: list[str] | None = None) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, class_names = load_model(args.weights, backend=args.backend, device=device)
-    if args.classes:
+    if args.classes and args.classes.endswith((".yaml", ".yml")):
+        from .data.base import AnnotationError
+        from .data.yolo import read_data_yaml
+
+        try:
+            class_names = read_data_yaml(Path(args.classes))[2]
+        except AnnotationError as error:
+            print(f"mdssd.detect: {error}", file=sys.stderr)
+            return 2
+    elif args.classes:
         class_names = tuple(args.classes.split(","))
     if class_names is None:
         k = model.config.num_classes - 1

@@ -170,7 +170,13 @@ def main(argv: list[str] | None = None) -> int:
         # By default the validation set the run was scored on; flags override.
         options = synthetic_val_options(checkpoint)
         options.update({k: v for k, v in (("num_images", args.num_images), ("seed", args.seed)) if v is not None})
-    source = build_source(args.data, args.data_root, args.split, **options)
+    from .data import AnnotationError
+
+    try:
+        source = build_source(args.data, args.data_root, args.split, **options)
+    except (AnnotationError, ValueError) as error:
+        print(f"mdssd.eval: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
     model, class_names = load_model(checkpoint, backend=args.backend, device=args.device)
     if class_names is not None and tuple(class_names) != tuple(source.class_names):
         print(f"mdssd.eval: the checkpoint was trained on classes {list(class_names)}, the data set has "

@@ -95,3 +95,26 @@ def test_setup_errors_are_one_line(tmp_path, capsys):
     assert "class id 7 is not one of names' ids 0..1" in err
     assert train_mod.main([*argv[:4], "--data-root", str(tmp_path / "nowhere")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_eval_and_detect_take_a_yolo_folder(tmp_path, capsys):
+    import json
+
+    from mdssd import detect, eval as eval_cli
+    from mdssd.model import build_model, save_checkpoint
+
+    root = yolo_folder(tmp_path / "d", train=1, val=2, size=96)
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(build_model("mdssd_tiny", num_classes=3), ckpt)  # a checkpoint without class names
+    assert eval_cli.main(["--weights", str(ckpt), "--dataset", "yolo", "--data-root", str(root), "--device", "cpu",
+                          "--tile", "64", "--no-coco"]) == 0
+    assert "yolo val: 2 images" in capsys.readouterr().out
+    assert detect.main([str(root / "images" / "val"), "--weights", str(ckpt), "--out", str(tmp_path / "out"),
+                        "--device", "cpu", "--classes", str(root / "data.yaml")]) == 0
+    names = json.loads((tmp_path / "out" / "categories.json").read_text())
+    assert names == [{"id": 1, "name": "red"}, {"id": 2, "name": "blue"}]
+    (root / "labels" / "val" / "0.txt").write_text("0 0.5 0.5 0.1\n")
+    assert eval_cli.main(["--weights", str(ckpt), "--dataset", "yolo", "--data-root", str(root), "--device",
+                          "cpu"]) == 2
+    assert "0.txt: line 1: 4 values" in capsys.readouterr().err
