@@ -32,6 +32,7 @@ Labels here are ``class id + 1`` (0 is background), ``class_names`` the ``names`
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -176,18 +177,19 @@ def parse_label_file(path: Path, width: int, height: int, num_classes: int) -> t
         cls = values[0]
         if not (cls.is_integer() and 0 <= cls < num_classes):
             raise AnnotationError(path, record, f"class id {tokens[0]} is not one of names' ids 0..{num_classes - 1}")
-        coords = np.array(values[1:])
+        coords = values[1:]
         if len(coords) == 4:
             xc, yc, w, h = coords
         elif len(coords) >= 6 and len(coords) % 2 == 0:  # polygon: its bounding box
             xs, ys = coords[0::2], coords[1::2]
-            xc, yc, w, h = (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2, np.ptp(xs), np.ptp(ys)
+            xc, yc, w, h = (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, max(xs) - min(xs), max(ys) - min(ys)
         else:
             raise AnnotationError(path, record, f"{len(values)} values: expected 'class xc yc w h' (5) or a polygon "
                                                 f"'class x1 y1 x2 y2 x3 y3 ...' (an even number of coordinates, >= 6)")
-        if not np.all(np.isfinite(coords)):
+        # Plain floats, not numpy: this loop runs once per object of the whole data set.
+        if not all(map(math.isfinite, coords)):
             raise AnnotationError(path, record, f"non-finite value in {line.strip()!r}")
-        if coords.min() < 0 or coords.max() > 1 or min(xc, yc, w, h) < 0 or max(xc, yc, w, h) > 1:
+        if min(coords) < 0 or max(coords) > 1 or min(xc, yc, w, h) < 0 or max(xc, yc, w, h) > 1:
             raise AnnotationError(path, record, f"coordinates must be normalised to [0, 1], got {line.strip()!r}")
         if w <= 0 or h <= 0:
             raise AnnotationError(path, record, f"zero-size box (w {w:g}, h {h:g})")
