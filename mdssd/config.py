@@ -289,6 +289,8 @@ def _validate_crop_tile(config: TrainConfig) -> None:
         raise ConfigError(f"config field 'crop_min_visible' must be in (0, 1], got {config.crop_min_visible}")
     if config.crop_windows is not None and config.crop_windows < 1:
         raise ConfigError(f"config field 'crop_windows' must be >= 1 or null, got {config.crop_windows}")
+    if config.crop_windows is not None and not config.crop:
+        raise ConfigError("config field 'crop_windows' is set but 'crop' is off: windows need --crop")
     if config.tile is not None and config.tile < 8:
         raise ConfigError(f"config field 'tile' must be >= 8 pixels or null, got {config.tile}")
     if not 0 <= config.tile_overlap < 1:

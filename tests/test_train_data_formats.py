@@ -52,7 +52,9 @@ def test_crop_windows_default_from_image_and_input_size(tmp_path):
     cfg = cfgmod.from_args(["--dataset", "yolo", "--data-root", str(root), "--crop", "--crop-windows", "5", *FLAGS])
     assert len(train_mod.build_data(cfg, 128).train) == 15
     with pytest.raises(cfgmod.ConfigError, match="crop_windows"):
-        cfgmod.from_args(["--crop-windows", "0"])
+        cfgmod.from_args(["--crop", "--crop-windows", "0"])
+    with pytest.raises(cfgmod.ConfigError, match="'crop_windows' is set but 'crop' is off"):
+        cfgmod.from_args(["--crop-windows", "2"])
 
 
 @pytest.mark.slow
