@@ -270,3 +270,20 @@ def test_dota_bad_lines(tmp_path, text, message):
     with pytest.raises(AnnotationError, match=message) as info:
         build_source("dota", root, "train")
     assert "P0001.txt" in str(info.value)
+
+
+def test_large_images_pass_pillows_bomb_guard_up_to_our_limit(tmp_path, monkeypatch):
+    import PIL.Image
+
+    from mdssd.data import base
+
+    _image(tmp_path / "big.png", 100, 100)
+    # Pillow's own guard set tiny: our readers (the user's own files) still read the image...
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 100)
+    assert base.image_size(tmp_path / "big.png", "image 0") == (100, 100)
+    assert base.load_rgb(tmp_path / "big.png", "image 0").shape == (100, 100, 3)
+    assert PIL.Image.MAX_IMAGE_PIXELS == 100  # ...and leave it as it was
+    # ...up to MAX_IMAGE_PIXELS (a gigapixel), beyond which the error names the file.
+    monkeypatch.setattr(base, "MAX_IMAGE_PIXELS", 5000)
+    with pytest.raises(AnnotationError, match=r"big\.png: image 0: cannot read image header .*exceeds limit"):
+        base.image_size(tmp_path / "big.png", "image 0")

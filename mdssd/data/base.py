@@ -13,6 +13,8 @@ Labels are ``1..num_classes-1``; 0 is background and never appears in an annotat
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -143,7 +145,7 @@ def load_rgb(path: str | Path, record: str, expect: tuple[int, int] | None = Non
     if not path.is_file():
         raise AnnotationError(path, record, "image file not found")
     try:
-        with Image.open(path) as im:
+        with _pixel_limit(), Image.open(path) as im:
             im = (ImageOps.exif_transpose(im) if exif_transpose else im).convert("RGB")
             array = np.asarray(im)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
@@ -157,6 +159,25 @@ def load_rgb(path: str | Path, record: str, expect: tuple[int, int] | None = Non
 
 
 _EXIF_ORIENTATION = 0x0112
+
+# Pillow refuses images over 2 x 89.5 megapixels as decompression bombs (a guard for untrusted
+# uploads). Readers open the user's own data set, whose aerial images (DOTA: up to 20,000 px a
+# side, 0.4 gigapixels) pass that: they allow up to this many pixels instead.
+MAX_IMAGE_PIXELS = 1 << 30
+
+
+@contextlib.contextmanager
+def _pixel_limit():
+    from PIL import Image
+
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS // 2  # Pillow raises above twice its limit
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def image_size(path: str | Path, record: str, exif_orientation: bool = False) -> tuple[int, int]:
@@ -172,7 +193,7 @@ def image_size(path: str | Path, record: str, exif_orientation: bool = False) ->
     if not path.is_file():
         raise AnnotationError(path, record, "image file not found")
     try:
-        with Image.open(path) as im:
+        with _pixel_limit(), Image.open(path) as im:
             width, height = im.size
             turned = (exif_orientation and im.format in ("JPEG", "MPO", "TIFF", "WEBP")
                       and im.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8))
