@@ -255,6 +255,11 @@ def test_dota_reads_polygons_difficult_and_headers(tmp_path):
     assert [source.class_names[i - 1] for i in ann.labels] == ["plane", "small-vehicle", "ship"]
     assert ann.difficult.tolist() == [False, True, False]
     assert len(ann.trainable()[0]) == 2 and len(ann.trainable(keep_difficult=True)[0]) == 3
+    (root / "train" / "labelTxt").rename(root / "train" / "labelTxt-v1.5")  # v1.5's folder name
+    np.testing.assert_array_equal(build_source("dota", root, "train").annotation(0).boxes, ann.boxes)
+    (root / "train" / "other").mkdir()
+    with pytest.raises(AnnotationError, match="P0001.txt: image P0001.png: label file not found"):
+        DOTADetection(root, "train", label_dir="other")
 
 
 @pytest.mark.parametrize("text, message", [

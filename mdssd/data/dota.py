@@ -1,8 +1,8 @@
 """DOTA v1.0 / v1.5 reader: ``images/*.png`` and ``labelTxt/<stem>.txt`` per split.
 
 Layout: ``root/train``, ``root/val`` (or any folder under ``root`` named as the split; ``.`` is
-``root`` itself), each holding ``images/`` and ``labelTxt/`` (``label_dir`` names another, e.g.
-v1.5's ``labelTxt-v1.5``). Every image needs its label file.
+``root`` itself), each holding ``images/`` and ``labelTxt/`` (or the one ``labelTxt*`` folder
+there, e.g. ``labelTxt-v1.5``; ``label_dir`` names another). Every image needs its label file.
 
 A label file may start with header lines ``imagesource:GoogleEarth`` and ``gsd:0.146`` (any line
 with a ``:`` and no spaces before the first object is a header); then one object per line,
@@ -87,8 +87,11 @@ class DOTADetection(ImageFileSource):
 
     class_names = DOTA_CLASSES
 
-    def __init__(self, root: str | Path, split: str = "train", label_dir: str = "labelTxt"):
+    def __init__(self, root: str | Path, split: str = "train", label_dir: str | None = None):
         self.root = Path(root)
+        if label_dir is None:  # labelTxt, else the one labelTxt* folder (v1.5: labelTxt-v1.5)
+            found = sorted(p.name for p in (self.root / split).glob("labelTxt*") if p.is_dir())
+            label_dir = "labelTxt" if "labelTxt" in found or len(found) != 1 else found[0]
         self.folder = split_folder(self.root, split, {}, ("images", label_dir))
         self._image_paths = list_images(self.folder / "images")
         if not self._image_paths:
