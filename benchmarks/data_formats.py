@@ -13,6 +13,8 @@ then measures on the CPU, one thread:
   decode), of a training item with SSD augmentation at 300 px, and of a ``--crop`` window at
   300 px (decode included in both).
 
+With ``--ultralytics-python`` (default: the peers' venv, skipped when absent) the same folder is
+also indexed by ultralytics' ``YOLODataset``, without and with its label cache, for the ratio.
 Writes ``data-formats-cpu-<cpu>.md`` and ``.json`` with machine, load (1/5/15-minute averages
 before and after) and versions.
 """
@@ -94,12 +96,56 @@ def measure(root: Path, items: int = 300) -> dict:
     }
 
 
+# Run by the peers' python: ultralytics' own indexing of the same folder (``verify_image_label``
+# on its thread pool: header, ``Image.verify``, JPEG end-of-file check, labels), without and with
+# its ``labels/train.cache``.
+_ULTRALYTICS_INDEX = r"""
+import contextlib, io, json, os, sys, time
+os.environ["YOLO_OFFLINE"] = "1"
+import ultralytics
+from ultralytics.utils import NUM_THREADS
+from ultralytics.data.utils import check_det_dataset
+from ultralytics.data.dataset import YOLODataset
+root = sys.argv[1]
+cache = os.path.join(root, "labels", "train.cache")
+out = {"version": ultralytics.__version__, "threads": NUM_THREADS, "scan_s": [], "cached_s": None}
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    d = check_det_dataset(os.path.join(root, "data.yaml"))
+    for _ in range(2):
+        if os.path.exists(cache):
+            os.remove(cache)
+        start = time.perf_counter()
+        YOLODataset(img_path=d["train"], data=d, augment=False, task="detect")
+        out["scan_s"].append(time.perf_counter() - start)
+    start = time.perf_counter()
+    YOLODataset(img_path=d["train"], data=d, augment=False, task="detect")
+    out["cached_s"] = time.perf_counter() - start
+    os.remove(cache)
+print(json.dumps(out))
+"""
+
+
+def ultralytics_index(root: Path, python: str) -> dict | None:
+    """ultralytics' indexing times of ``root`` (None when that python is missing or fails)."""
+    import subprocess
+
+    if not Path(python).is_file():
+        return None
+    done = subprocess.run([python, "-c", _ULTRALYTICS_INDEX, str(root)], capture_output=True, text=True, timeout=1800)
+    if done.returncode:
+        print(f"ultralytics side failed: {done.stderr[-2000:]}")
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.data_formats", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--size", default="640x480", help="image WIDTHxHEIGHT (default 640x480)")
     parser.add_argument("--work", default=None, help="folder for the data set (default: a temporary one, deleted)")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--ultralytics-python", default="/work/tvenv/bin/python",
+                        help="a python with ultralytics, to time its indexing of the same folder (skipped if absent)")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
     torch.set_num_threads(1)
@@ -110,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         write_s = time.perf_counter() - start
         load_before = load_average()
         result = measure(work / "yolo")
+        theirs = ultralytics_index(work / "yolo", args.ultralytics_python)
         load_after = load_average()
         size_mb = sum(p.stat().st_size for p in (work / "yolo").rglob("*") if p.is_file()) / 2**20
     finally:
@@ -122,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
                "python": platform.python_version(), "torch": torch.__version__, "pillow": PIL.__version__,
                "load_before": load_before, "load_after": load_after}
     record = {"machine": machine, "images": args.images, "size": [width, height], "folder_mb": round(size_mb, 1),
-              "write_s": round(write_s, 1), **result}
+              "write_s": round(write_s, 1), **result, "ultralytics": theirs}
     index = statistics.median(result["index_s"])
+    repeats = ", ".join(f"{v:.2f}" for v in result["index_s"])
     lines = [
         "# Reading a YOLO folder (mdssd.data.yolo)", "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores (shared), 1 thread; python {machine['python']}, "
@@ -133,13 +181,25 @@ def main(argv: list[str] | None = None) -> int:
         f"of the images without a label file; written by `python -m benchmarks.data_formats` "
         f"(page cache warm).", "",
         "| what | time |", "|---|---:|",
-        f"| index (labels + headers), median of 3 | {index:.2f} s ({', '.join(f'{s:.2f}' for s in result['index_s'])}) |",
+        f"| index (labels + headers), median of 3 | {index:.2f} s ({repeats}) |",
         f"| index per image | {index / result['images'] * 1e6:.0f} µs |",
         f"| decode one image (`source.image`) | {result['decode_ms']:.2f} ms |",
         f"| training item, SSD augmentation 300 px | {result['ssd_item_ms']:.2f} ms |",
         f"| training item, `--crop` window 300 px | {result['crop_item_ms']:.2f} ms |",
         "",
     ]
+    if theirs:
+        scan = statistics.median(theirs["scan_s"])
+        lines += [
+            f"The same folder indexed by ultralytics {theirs['version']} in the same run "
+            f"({theirs['threads']} thread(s) of its pool; it also runs `Image.verify` and a JPEG end check on every "
+            "image, and writes `labels/train.cache`):", "",
+            "| indexer | time | ours / theirs |", "|---|---:|---:|",
+            f"| mdssd (median of 3) | {index:.2f} s | 1 |",
+            f"| ultralytics, no cache (median of 2: {', '.join(f'{s:.2f}' for s in theirs['scan_s'])}) | "
+            f"{scan:.2f} s | {index / scan:.2f} |",
+            f"| ultralytics, from its cache | {theirs['cached_s']:.2f} s | {index / theirs['cached_s']:.2f} |", "",
+        ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = f"data-formats-cpu-{slug(machine['cpu']).split('-processor')[0]}"

@@ -1,4 +1,4 @@
-"""``python -m mdssd.train``: train MDSSD/SSD on the synthetic set, VOC, COCO or TT100K.
+"""``python -m mdssd.train``: train MDSSD/SSD on the synthetic set, VOC, COCO, TT100K, YOLO, VisDrone or DOTA.
 
 Without arguments it trains the small preset on the synthetic small-object set, sized to finish on
 a 2-core CPU, and reports val mAP. ``--preset mdssd300|mdssd512|ssd300|ssd512`` selects a paper
@@ -561,11 +561,11 @@ def _open_log(run: Run):
     run.out_dir.mkdir(parents=True, exist_ok=True)
     config_mod.dump_yaml(cfg, run.out_dir / "config.yaml")
     log = RunLog(run.out_dir, run.total_steps, run.step, cfg.progress, cfg.tensorboard)
+    repeats = run.bundle.train.repeats
+    items = f" x {repeats} {'windows' if cfg.crop else 'passes'}" if repeats > 1 else ""
     log.message(
         f"mdssd.train: {cfg.preset} ({run.core.config.image_size}px, {run.num_classes - 1} classes) on "
-        f"{cfg.dataset} ({len(run.bundle.train.source)} train"
-        + (f" x {run.bundle.train.repeats} {'windows' if cfg.crop else 'passes'}" if run.bundle.train.repeats > 1 else "")
-        + f" / {len(run.bundle.val)} val images), "
+        f"{cfg.dataset} ({len(run.bundle.train.source)} train{items} / {len(run.bundle.val)} val images), "
         f"{run.total_steps} steps of batch {cfg.batch_size} ({run.steps_per_epoch} per epoch) on "
         f"{run.info.world_size} x {run.device.type}, amp {run.amp_dtype or 'off'}, out {run.out_dir}"
         + (f"; resumed from {run.resume_from} at step {run.step}" if run.resume_from else ""))
