@@ -51,7 +51,7 @@ def write_folder(root: Path, count: int, width: int, height: int, seed: int = 0)
         draw = ImageDraw.Draw(image)
         lines = []
         for _ in range(int(rng.integers(5, 16))):
-            w, h = rng.uniform(6, 64, 2)
+            w, h = rng.uniform(6, min(64, width / 2, height / 2), 2)
             x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
             draw.rectangle((x, y, x + w, y + h), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
             lines.append(f"{int(rng.integers(3))} {(x + w / 2) / width:.6f} {(y + h / 2) / height:.6f} "

@@ -105,3 +105,23 @@ def test_deepforest_tiles_keep_boxes_mostly_inside_and_mark_the_rest_crowd():
     targets, crowd = tile_annotations(boxes, 128, 0, 128)
     assert targets == [[0.0, 0.0, 12.0, 20.0]] and crowd == [[0.0, 50.0, 2.0, 10.0]]
     assert tile_annotations(np.zeros((0, 4)), 0, 0, 128) == ([], [])
+
+
+def test_data_formats_benchmark_smoke(tmp_path, capsys):
+    from benchmarks import data_formats
+
+    assert data_formats.main(["--images", "12", "--size", "64x48", "--work", str(tmp_path / "w"), "--out",
+                              str(tmp_path / "r"), "--ultralytics-python", str(tmp_path / "none")]) == 0
+    (md,) = tmp_path.glob("r/data-formats-cpu-*.md")
+    data = json.loads(md.with_suffix(".json").read_text())
+    assert data["images"] == 12 and data["labels"] > 0 and len(data["index_s"]) == 3 and data["ultralytics"] is None
+    assert "index per image" in md.read_text() and "load" in md.read_text().lower()
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/work/tvenv/bin/python").is_file(),
+                    reason="needs the peers' venv with ultralytics (benchmarks/tvenv_build.sh's /work/tvenv)")
+def test_ultralytics_parity(tmp_path):
+    from benchmarks import ultralytics_parity
+
+    assert ultralytics_parity.main(["--out", str(tmp_path)]) == 0
+    assert "| cases | 10 | 12 |" in (tmp_path / "ultralytics-yolo-parity.md").read_text()
