@@ -109,8 +109,12 @@ def read_data_yaml(path: str | Path) -> tuple[Path, dict[str, Any], tuple[str, .
 
 
 def _list_file(list_path: Path) -> list[Path]:
+    try:
+        text = list_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise AnnotationError(list_path, "file", f"cannot read an image list ({error})") from error
     files = []
-    for number, line in enumerate(list_path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         entry = line.strip()
         if not entry:
             continue
@@ -138,12 +142,12 @@ def image_files(spec: Any, base: Path, yaml_path: Path, split: str) -> list[Path
         if where.is_dir():
             files += list_images(where, recursive=True)
         elif where.is_file():
-            files += sorted(p for p in _list_file(where) if p.suffix.lower() in IMAGE_SUFFIXES)
+            files += [p for p in _list_file(where) if p.suffix.lower() in IMAGE_SUFFIXES]
         else:
             raise AnnotationError(yaml_path, split, f"{entry!r} not found ({where})")
     if not files:
         raise AnnotationError(yaml_path, split, f"no images in {spec!r} (suffixes {' '.join(sorted(IMAGE_SUFFIXES))})")
-    return files
+    return sorted(files, key=str)  # one sorted list, as ultralytics' get_img_files
 
 
 def label_path(image: str | Path) -> Path:
