@@ -355,6 +355,27 @@ def _nodata(page, dtype):
     return value
 
 
+def probe_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of an image file from its header (no pixels decoded)."""
+    path = Path(path)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(str(path)) as tif:
+                _, _, height, width, _ = tif.pages.first.shaped
+                return int(width), int(height)
+        except Exception as error:
+            raise RasterError(path, f"not a readable TIFF ({type(error).__name__}: {error})") from error
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise RasterError(path, f"cannot decode image ({error})") from error
+
+
 def open_raster(path: str | Path, bands: Sequence[int] | None = None,
                 value_range: tuple[float, float] | None = None, allow_large: bool = False) -> Raster:
     """A :class:`Raster` of an image file (module docstring). ``allow_large``: decode non-TIFF

@@ -25,7 +25,7 @@ from .step3_prefetch import Overview, prefetch_tiles
 from .step4_batches import Runner, as_runner, tile_inputs, whole_image_input
 from .step5_merge import IncrementalMerge, cut_duplicates, image_boxes
 
-__all__ = ["StreamResult", "detect_raster", "merge_parts"]
+__all__ = ["StreamResult", "detect_raster", "merge_parts", "predict_source_streamed"]
 
 _FULL_IMAGE_LIMIT = 1 << 28  # pixels: the whole-image pass decodes the whole image
 
@@ -176,3 +176,29 @@ def merge_parts(parts: list[StreamResult], spec: TileSpec) -> StreamResult:
     first = parts[0]
     return StreamResult(first.width, first.height, sum(p.tiles for p in parts), sum(p.skipped for p in parts),
                         max(p.seconds for p in parts), merge.result(), overview, settled=merge.settled_total)
+
+
+def predict_source_streamed(model, source, spec: TileSpec, indices=None, runner: Runner | None = None,
+                            progress: bool = False) -> list[Detections]:
+    """:func:`detect_raster` over images of a :class:`~mdssd.data.base.DetectionSource` (all, or
+    ``indices``), in order: image files are streamed from disk when the source names them
+    (TIFFs tile by tile, other formats decoded once without Pillow's pixel limit), else read
+    through ``source.image``. Equal to :func:`~.in_memory.predict_source_tiled`."""
+    from .step1_read import ArrayRaster, open_raster
+
+    paths = getattr(source, "_image_paths", None)
+    out = []
+    for index in (range(len(source)) if indices is None else indices):
+        ann = source.annotation(index)
+        if paths is not None:
+            raster = open_raster(paths[index], allow_large=True)
+            if (raster.width, raster.height) != (ann.width, ann.height):
+                raster.close()
+                raise RasterError(paths[index], f"image is {raster.width}x{raster.height} but the annotation says "
+                                                f"{ann.width}x{ann.height}")
+        else:
+            raster = ArrayRaster(source.image(index))
+        with raster:
+            out.append(detect_raster(model, raster, spec, runner=runner, progress=progress,
+                                     label=str(ann.file_name)).detections)
+    return out
