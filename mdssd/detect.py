@@ -119,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
             good.append(found)
             shown = int((found.scores >= args.threshold).sum())
             extra = ""
-            if "tiles" in found.stats:
+            if found.stats.get("tiles") == 0 and found.stats.get("skipped_tiles"):
+                extra = f", every tile is nodata: nothing run ({found.stats['skipped_tiles']} tiles skipped)"
+            elif "tiles" in found.stats:
                 extra = (f", {found.stats['tiles']} tiles ({found.stats['skipped_tiles']} nodata skipped), "
                          f"{found.stats['megapixels_per_second']:.2f} MP/s")
             where = f", map CRS {found.crs}" if found.geo is not None else ""
