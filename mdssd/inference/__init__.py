@@ -19,6 +19,7 @@ A gigapixel GeoTIFF flows through the steps in the order of their file names:
 ``whole_images`` the resize-whole-image path, ``checkpoint`` model loading.
 """
 
+from .api import Detector, Prediction, load
 from .checkpoint import load_model, read_checkpoint, synthetic_shape_options, synthetic_val_options
 from .in_memory import predict_source_tiled, predict_tiled
 from .step2_tiles import TileGrid, TileSpec, tile_starts, tile_windows
@@ -26,6 +27,6 @@ from .step4_batches import ModelRunner
 from .step5_merge import merge_ios
 from .whole_images import predict, predict_images, run_batch
 
-__all__ = ["load_model", "read_checkpoint", "synthetic_shape_options", "synthetic_val_options", "predict",
+__all__ = ["load", "Detector", "Prediction", "load_model", "read_checkpoint", "synthetic_shape_options", "synthetic_val_options", "predict",
            "predict_images", "run_batch", "TileSpec", "TileGrid", "tile_starts", "tile_windows",
            "predict_tiled", "predict_source_tiled", "merge_ios", "ModelRunner"]

@@ -75,6 +75,8 @@ def prefetch_tiles(raster: Raster, grid: TileGrid, indices: Iterable[int], depth
                 pixels, valid = raster.read(x1, y1, min(x2, raster.width), min(y2, raster.height))
                 if overview is not None:
                     overview.add(x1, y1, pixels)
+                # Own, writable, contiguous pixels (copied here, off the model's thread).
+                pixels = np.require(pixels, np.uint8, ["C", "W", "O"])
                 if not put(TileRead(t, pixels, valid is not None and not valid.any())):
                     return
             put(_DONE)

@@ -141,7 +141,8 @@ def detect_raster(model, raster: Raster, spec: TileSpec, runner: Runner | None =
             bar.update(1)
             if count % 64 == 0 or last:
                 elapsed = time.perf_counter() - start
-                bar.set_postfix_str(f"{count * spec.size ** 2 / 1e6 / max(elapsed, 1e-9):.1f} MP/s", refresh=False)
+                megapixels = raster.width * raster.height / 1e6 * count / len(indices)
+                bar.set_postfix_str(f"{megapixels / max(elapsed, 1e-9):.2f} MP/s", refresh=False)
     finally:
         reads.close()
         bar.close()
