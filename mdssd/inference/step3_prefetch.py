@@ -53,10 +53,15 @@ class Overview:
 _DONE = object()
 
 
+QUEUE_BYTES = 256 << 20  # at most this much decoded pixels waiting in the queue
+
+
 def prefetch_tiles(raster: Raster, grid: TileGrid, indices: Iterable[int], depth: int = 64,
                    overview: Overview | None = None) -> Iterator[TileRead]:
-    """The tiles ``indices`` (ascending) of ``grid`` read from ``raster`` by a background thread."""
-    out: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    """The tiles ``indices`` (ascending) of ``grid`` read from ``raster`` by a background thread;
+    at most ``depth`` tiles (and :data:`QUEUE_BYTES`) wait in the queue."""
+    depth = max(2, min(depth, QUEUE_BYTES // (3 * grid.spec.size ** 2)))
+    out: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def put(item) -> bool:

@@ -55,12 +55,13 @@ def resize_inputs(tiles: torch.Tensor, tile: int, side: int) -> torch.Tensor:
 def tile_inputs(pixels: Sequence[torch.Tensor], tile: int, side: int) -> torch.Tensor:
     """Model inputs ``[T,3,side,side]`` of tiles read from a raster: ``uint8 [h,w,3]`` with
     ``h, w <= tile`` (a window clipped at the image's right or bottom border), normalised, padded
-    with 0 (the mean colour) to ``tile x tile``, resized to ``side``."""
+    with 0 (the mean colour) to ``tile x tile``, resized to ``side`` (per tile: the same values as
+    resizing them together)."""
     out = []
-    for image in pixels:
+    for image in pixels:  # one at a time: a batch of large tiles in float32 would be GBs
         height, width = image.shape[:2]
-        out.append(F.pad(normalise(image), (0, tile - width, 0, tile - height)))
-    return resize_inputs(torch.stack(out), tile, side)
+        out.append(resize_inputs(F.pad(normalise(image), (0, tile - width, 0, tile - height))[None], tile, side))
+    return torch.cat(out)
 
 
 def whole_image_input(image: torch.Tensor, side: int) -> torch.Tensor:

@@ -48,12 +48,14 @@ class StreamResult:
         return self.width * self.height / 1e6 / max(self.seconds, 1e-9)
 
 
-def _open_mask(grid: TileGrid, lo: int, hi: int):
+def _open_mask(grid: TileGrid, lo: int, hi: int, whole_image_elsewhere: bool = False):
     """``boxes -> bool``: touches a tile outside the processed row-major range ``[lo, hi)``
-    (``lo`` at a row start)."""
+    (``lo`` at a row start), or anything at all when another process runs the whole-image pass."""
     xs, ys, nx, size = grid.xs, grid.ys, grid.nx, grid.spec.size
 
     def mask(boxes: np.ndarray) -> np.ndarray:
+        if whole_image_elsewhere:
+            return np.ones(len(boxes), bool)
         out = np.zeros(len(boxes), bool)
         if lo > 0:  # rows above: another process's
             out |= boxes[:, 1] <= ys[lo // nx - 1] + size
@@ -85,6 +87,7 @@ def detect_raster(model, raster: Raster, spec: TileSpec, runner: Runner | None =
     indices = grid.rows(first, stop)
     lo, hi = indices.start, indices.stop
     partial = lo > 0 or hi < len(grid)
+    elsewhere = spec.full_image and not full_image_pass  # its boxes can touch any of ours
     merge = IncrementalMerge(spec)
     overview = Overview(raster.width, raster.height, overview_side) if overview_side else None
     width_k = None  # detections per tile of the runner's fixed-shape output
@@ -137,7 +140,7 @@ def detect_raster(model, raster: Raster, spec: TileSpec, runner: Runner | None =
                 done = lo + count
                 if done // grid.nx > settled_row or last:
                     settled_row = done // grid.nx
-                    merge.settle(_open_mask(grid, lo, done))
+                    merge.settle(_open_mask(grid, lo, done, elsewhere))
             bar.update(1)
             if count % 64 == 0 or last:
                 elapsed = time.perf_counter() - start
@@ -149,7 +152,7 @@ def detect_raster(model, raster: Raster, spec: TileSpec, runner: Runner | None =
     seconds = time.perf_counter() - start
     result = StreamResult(raster.width, raster.height, tiles, skipped, seconds, overview=overview)
     if partial:
-        merge.settle(_open_mask(grid, lo, hi))
+        merge.settle(_open_mask(grid, lo, hi, elsewhere))
         result.kept, result.pending, result.settled = merge.kept, merge.take_pending(), merge.settled_total
         return result
     merge.settle(lambda boxes: np.zeros(len(boxes), bool))
