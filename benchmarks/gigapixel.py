@@ -211,6 +211,7 @@ def voc_map(found: list[dict], truth: dict, side: int) -> float:
     from mdssd.metrics import Detections, voc_eval
 
     ann = Annotation(0, "big", side, side, truth["boxes"], truth["labels"])
+    found = [d for d in found if d["score"] >= SCORE]  # as SAHI's model keeps them
     det = Detections(np.array([d["bbox"] for d in found]).reshape(-1, 4), np.array([d["score"] for d in found]),
                      np.array([d["label"] for d in found]))
     return float(voc_eval([ann], [det], SyntheticSigns.class_names).map_11)
