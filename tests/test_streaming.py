@@ -131,3 +131,22 @@ def test_nodata_tiles_are_skipped_not_run(tmp_path):
         result = detect_raster(model, raster, TileSpec(128, 0.0, batch_size=2))
     assert result.skipped == 4 and result.tiles == 4  # 2x4 grid, the left 2 columns skipped
     assert result.detections.boxes.round().tolist() == [[300, 30, 330, 60]]
+
+
+def test_eval_tile_streams_image_files_and_matches_in_memory(tmp_path):
+    from mdssd.data import COCODetection, SyntheticSigns, export_coco
+    from mdssd.eval import evaluate
+    from mdssd.inference.in_memory import predict_source_tiled
+    from mdssd.inference.stream import predict_source_streamed
+    from mdssd.model import build_model
+
+    synthetic = SyntheticSigns("val", num_images=2, min_size=150, max_size=200)
+    coco = COCODetection(export_coco(synthetic, tmp_path, "val2017"), tmp_path / "val2017")
+    torch.manual_seed(0)
+    model = build_model("mdssd_tiny", num_classes=len(synthetic.class_names) + 1).eval()
+    spec = TileSpec(128, 0.25, max_detections=100)
+    for source in (synthetic, coco):  # arrays, then PNG files opened by the streaming reader
+        for a, b in zip(predict_source_streamed(model, source, spec), predict_source_tiled(model, source, spec)):
+            assert_same(a, b)
+    report = evaluate(model, coco, tile=spec, coco=False)
+    assert report.voc.map_11 >= 0
