@@ -124,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
             elif "tiles" in found.stats:
                 extra = (f", {found.stats['tiles']} tiles ({found.stats['skipped_tiles']} nodata skipped), "
                          f"{found.stats['megapixels_per_second']:.2f} MP/s")
+            if found.stats.get("dropped_by_max_detections"):
+                extra += (f"; {found.stats['dropped_by_max_detections']} more dropped by --max-detections "
+                          f"{args.max_detections}")
             where = f", map CRS {found.crs}" if found.geo is not None else ""
             print(f"{file}: {shown} detections >= {args.threshold} ({len(found)} in JSON){extra}{where}")
         if not good:

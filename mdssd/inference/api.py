@@ -133,7 +133,8 @@ class Detector:
                                        progress=progress, label=Path(path).name if path else "")
                 det, overview = result.detections, result.overview
                 stats = {"tiles": result.tiles, "skipped_tiles": result.skipped, "seconds": result.seconds,
-                         "megapixels_per_second": result.megapixels_per_second, "nms_survivors": result.settled}
+                         "megapixels_per_second": result.megapixels_per_second, "nms_survivors": result.settled,
+                         "dropped_by_max_detections": max(0, result.settled - spec.max_detections)}
             else:
                 _check_whole_image(raster)
                 start = time.perf_counter()

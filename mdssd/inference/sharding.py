@@ -95,5 +95,6 @@ def predict_files(detector, files: Sequence[Path], spec: TileSpec | None, *, ban
                                   merged.height, str(file), geo, merged.overview,
                                   {"tiles": merged.tiles, "skipped_tiles": merged.skipped, "seconds": merged.seconds,
                                    "megapixels_per_second": merged.megapixels_per_second,
-                                   "nms_survivors": merged.settled, "processes": info.world_size}))
+                                   "nms_survivors": merged.settled, "processes": info.world_size,
+                                   "dropped_by_max_detections": max(0, merged.settled - spec.max_detections)}))
     return out
