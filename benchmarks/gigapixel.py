@@ -113,7 +113,8 @@ def child_stream(image: Path, weights: Path, tile: int, out: Path, plain_tiles: 
         runner(inputs)
     plain = -(-count // batch) * batch / (time.perf_counter() - t0)
     return {"wall_s": wall, "pipeline_s": pipeline, "peak_rss_mb": peak, "tiles": tiles, "width": width,
-            "height": height, "detections": int((found.scores >= SCORE).sum()), "plain_tiles_per_s": plain, "plain_tiles_timed": -(-count // batch) * batch}
+            "height": height, "detections": int((found.scores >= SCORE).sum()), "plain_tiles_per_s": plain,
+            "plain_tiles_timed": -(-count // batch) * batch}
 
 
 def child_sahi(image: Path, weights: Path, tile: int, out: Path) -> dict:

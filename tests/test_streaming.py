@@ -23,7 +23,8 @@ def assert_same(a, b):
 def in_parts(model, raster, spec, cuts):
     grid = TileGrid(raster.width, raster.height, spec)
     bounds = [0, *cuts, grid.ny]
-    parts = [detect_raster(model, raster, spec, rows=(a, b), full_image_pass=a == 0) for a, b in zip(bounds, bounds[1:])]
+    parts = [detect_raster(model, raster, spec, rows=(a, b), full_image_pass=a == 0)
+             for a, b in zip(bounds, bounds[1:])]
     return merge_parts(parts, spec).detections
 
 

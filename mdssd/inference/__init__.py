@@ -27,6 +27,7 @@ from .step4_batches import ModelRunner
 from .step5_merge import merge_ios
 from .whole_images import predict, predict_images, run_batch
 
-__all__ = ["load", "Detector", "Prediction", "load_model", "read_checkpoint", "synthetic_shape_options", "synthetic_val_options", "predict",
+__all__ = ["load", "Detector", "Prediction", "load_model", "read_checkpoint", "synthetic_shape_options",
+           "synthetic_val_options", "predict",
            "predict_images", "run_batch", "TileSpec", "TileGrid", "tile_starts", "tile_windows",
            "predict_tiled", "predict_source_tiled", "merge_ios", "ModelRunner"]

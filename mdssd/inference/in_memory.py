@@ -30,7 +30,8 @@ def _inputs(images: Sequence[torch.Tensor], plan: TilePlan, spec: TileSpec, side
     for image in images:
         height, width = image.shape[:2]
         xs, ys = tile_starts(width, spec.size, spec.overlap), tile_starts(height, spec.size, spec.overlap)
-        padded = F.pad(normalise(image), (0, max(0, xs[-1] + spec.size - width), 0, max(0, ys[-1] + spec.size - height)))
+        right, bottom = max(0, xs[-1] + spec.size - width), max(0, ys[-1] + spec.size - height)
+        padded = F.pad(normalise(image), (0, right, 0, bottom))
         rows = torch.tensor(ys, device=arange.device)[:, None] + arange  # [ny,N]
         cols = torch.tensor(xs, device=arange.device)[:, None] + arange  # [nx,N]
         tiles = padded[:, rows[:, None, :, None], cols[None, :, None, :]]  # [3,ny,nx,N,N]
