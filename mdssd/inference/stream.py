@@ -7,7 +7,9 @@ detections of about one row of tiles (:class:`~.step5_merge.IncrementalMerge`) a
 
 For ``torchrun`` (:mod:`.sharding`) a process may read a band of tile rows only: detections that
 tiles of other bands can touch are then handed back unsettled in :class:`StreamResult`, for the
-process that merges.
+process that merges. With ``spec.full_image`` the whole-image pass runs in one part and can touch
+any box, so the other parts hand back all their detections unsettled (the pass decodes the whole
+image anyway: it is refused above 2^28 pixels).
 """
 
 from __future__ import annotations
