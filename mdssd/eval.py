@@ -83,7 +83,8 @@ def score(source, detections: Sequence[Detections], coco: bool | None = None, io
 def evaluate(model, source, batch_size: int = 8, num_workers: int = 0, coco: bool | None = None,
              iou_threshold: float = 0.5, tile=None, size_bins: bool = False) -> EvalReport:
     """Run ``model`` (the docs/CONTRACTS.md API) on every image of ``source`` and score it;
-    ``tile`` (a :class:`mdssd.tiling.TileSpec`): sliced inference instead of whole resized images."""
+    ``tile`` (a :class:`mdssd.tiling.TileSpec`): sliced inference instead of whole resized images,
+    streamed from the image files in bounded memory (:mod:`mdssd.inference.stream`)."""
     from .inference import predict
 
     expected = len(source.class_names) + 1
@@ -91,9 +92,9 @@ def evaluate(model, source, batch_size: int = 8, num_workers: int = 0, coco: boo
         raise ValueError(f"model has {model.config.num_classes} classes (with background), the data set "
                          f"{expected}")
     if tile is not None:
-        from .tiling import predict_source_tiled
+        from .inference.stream import predict_source_streamed
 
-        detections = predict_source_tiled(model, source, tile)
+        detections = predict_source_streamed(model, source, tile)
     else:
         detections = predict(model, source, batch_size=batch_size, num_workers=num_workers)
     return score(source, detections, coco, iou_threshold, size_bins)
@@ -134,6 +135,10 @@ def add_tile_arguments(parser: argparse.ArgumentParser) -> None:
                         help="add one resized whole-image pass (objects larger than a tile)")
     parser.add_argument("--tile-merge", default="nms", choices=("nms", "ios"),
                         help="merge across tiles: class-aware NMS (default) or NMS + SAHI-style IoS merging")
+    parser.add_argument("--tile-batch", type=int, default=32, metavar="B",
+                        help="tiles per forward (fixed shape; default 32)")
+    parser.add_argument("--max-detections", type=int, default=1000, metavar="K",
+                        help="with --tile: keep the best K detections per image after merging (default 1000)")
 
 
 def tile_spec_from_args(args):
@@ -143,7 +148,7 @@ def tile_spec_from_args(args):
     from .tiling import TileSpec
 
     return TileSpec(size=args.tile, overlap=args.tile_overlap, full_image=args.tile_full_image,
-                    merge=args.tile_merge)
+                    merge=args.tile_merge, batch_size=args.tile_batch, max_detections=args.max_detections)
 
 
 def _cuda() -> bool:
@@ -182,8 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mdssd.eval: the checkpoint was trained on classes {list(class_names)}, the data set has "
               f"{list(source.class_names)}", file=sys.stderr)
         return 2
-    report = evaluate(model, source, args.batch_size, args.workers, coco=False if args.no_coco else None,
-                      iou_threshold=args.iou, tile=tile, size_bins=args.size_bins)
+    from .inference.step1_read import RasterError
+
+    try:
+        report = evaluate(model, source, args.batch_size, args.workers, coco=False if args.no_coco else None,
+                          iou_threshold=args.iou, tile=tile, size_bins=args.size_bins)
+    except RasterError as error:
+        print(f"mdssd.eval: {error}", file=sys.stderr)
+        return 2
     sliced = f", {tile.size} px tiles, overlap {tile.overlap}, merge {tile.merge}" if tile else ""
     print(f"{args.data} {args.split}: {len(source)} images, weights {args.weights}{sliced}")
     print(report.table)

@@ -125,3 +125,21 @@ def test_ultralytics_parity(tmp_path):
 
     assert ultralytics_parity.main(["--out", str(tmp_path)]) == 0
     assert "| cases | 10 | 12 |" in (tmp_path / "ultralytics-yolo-parity.md").read_text()
+
+
+def test_gigapixel_geotiff_is_written_tile_by_tile_with_its_ground_truth(tmp_path):
+    from benchmarks import gigapixel
+    from mdssd.inference.step1_read import open_raster
+
+    truth = gigapixel.make_geotiff(tmp_path / "g.tif", 1100)
+    with open_raster(tmp_path / "g.tif") as raster:
+        assert (raster.width, raster.height) == (1100, 1100) and raster.geo.crs == "EPSG:32633"
+        assert raster.geo.transform == (400000.0, 0.3, 0.0, 5000000.0, 0.0, -0.3)
+        assert (raster.seg_w, raster.seg_h) == (512, 512)
+        images, _ = gigapixel._pool()
+        first, _ = raster.read(0, 0, 512, 512)
+        assert any(np.array_equal(first, image) for image in images)
+    assert len(truth["boxes"]) == len(truth["labels"]) > 9 and (truth["boxes"][:, 2:] <= 1100).all()
+    ours = [{"bbox": list(map(float, b)), "score": 0.9, "label": int(l)} for b, l in zip(truth["boxes"], truth["labels"])]
+    assert gigapixel.agreement(ours, ours) == (1.0, 1.0)
+    assert gigapixel.voc_map(ours, truth, 1100) == pytest.approx(1.0)
