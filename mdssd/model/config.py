@@ -128,6 +128,10 @@ class ModelConfig:
     fusion_channels: int = 256  # width of both Fusion Block branches (SPEC: 256)
     fusion_scale_high: float = 10.0  # L2Norm scale init, upper (deep) branch (assumed)
     fusion_scale_low: float = 20.0  # L2Norm scale init, lower (shallow) branch
+    # Fusion Block options (mdssd.model.fusion): "none" | "batch" (BatchNorm after every conv and
+    # deconvolution of both branches, as DSSD); deconvolution init "xavier" | "upsample".
+    fusion_norm: str = "none"
+    fusion_deconv_init: str = "xavier"
     l2norm_eps: float = 1e-10  # lower bound of the L2 norms (mdssd.ops.l2norm_sum's eps)
     ssd_l2norm_scale: float = 20.0
     # conv3_3 as a source (the *_s4 presets): 20 like conv4_3 in SSD and like the Fusion Block's
@@ -294,6 +298,13 @@ PRESETS["ssd300_s4"] = PRESETS["ssd300"].replace(
     name="ssd300_s4", sources=("conv3_3",) + PRESETS["ssd300"].sources, priors=PRIORS_MDSSD300)
 PRESETS["ssd512_s4"] = PRESETS["ssd512"].replace(
     name="ssd512_s4", sources=("conv3_3",) + PRESETS["ssd512"].sources, priors=PRIORS_MDSSD512)
+
+# Fusion Block candidates (mdssd.model.fusion; docs/model.md "MDSSD vs SSD"): the tiny preset with
+# BatchNorm in the block, upsampling-initialised deconvolutions, and both.
+PRESETS["mdssd_tiny_bn"] = PRESETS["mdssd_tiny"].replace(name="mdssd_tiny_bn", fusion_norm="batch")
+PRESETS["mdssd_tiny_up"] = PRESETS["mdssd_tiny"].replace(name="mdssd_tiny_up", fusion_deconv_init="upsample")
+PRESETS["mdssd_tiny_bn_up"] = PRESETS["mdssd_tiny"].replace(
+    name="mdssd_tiny_bn_up", fusion_norm="batch", fusion_deconv_init="upsample")
 
 
 def get_config(name: str, **overrides) -> ModelConfig:
