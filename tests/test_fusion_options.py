@@ -67,8 +67,39 @@ def test_upsample_init_in_the_block_and_bad_options():
 
 def test_candidate_presets_differ_only_in_the_block():
     base = build_model("mdssd_tiny", num_classes=3).config
-    for name, norm, init in [("mdssd_tiny_bn", "batch", "xavier"), ("mdssd_tiny_up", "none", "upsample"),
-                             ("mdssd_tiny_bn_up", "batch", "upsample")]:
+    for name, norm, init, conv in [("mdssd_tiny_bn", "batch", "xavier", "xavier"),
+                                   ("mdssd_tiny_up", "none", "upsample", "xavier"),
+                                   ("mdssd_tiny_bn_up", "batch", "upsample", "xavier"),
+                                   ("mdssd_tiny_id", "none", "upsample", "identity")]:
         config = build_model(name, num_classes=3).config
-        assert (config.fusion_norm, config.fusion_deconv_init) == (norm, init)
-        assert config.replace(name=base.name, fusion_norm="none", fusion_deconv_init="xavier") == base
+        assert (config.fusion_norm, config.fusion_deconv_init, config.fusion_conv_init) == (norm, init, conv)
+        assert config.replace(name=base.name, fusion_norm="none", fusion_deconv_init="xavier",
+                              fusion_conv_init="xavier") == base
+
+
+def test_identity_block_starts_as_the_normalised_shallow_map_plus_deep_context():
+    from mdssd.model.fusion import init_conv_identity
+
+    conv = nn.Conv2d(6, 4, 3, padding=1)
+    init_conv_identity(conv)
+    x = torch.randn(1, 6, 5, 5)
+    expected = torch.stack([(x[0, 0] + x[0, 4]) / 2, (x[0, 1] + x[0, 5]) / 2, x[0, 2], x[0, 3]])
+    assert torch.allclose(conv(x)[0], expected, atol=1e-6)
+
+    block = _block(deconv_init="upsample", conv_init="identity")
+    low, high = torch.rand(1, 6, 11, 11), torch.rand(1, 12, 2, 2)
+    with torch.no_grad():
+        out = block(low, high)
+        lower = block.lower(low)
+        up = torch.stack([high[0, c::4].mean(0) for c in range(4)])[None]  # 12 -> 4 channels: means of 3
+        for d in block.upper:  # the deep map, upsampled only
+            if isinstance(d, nn.ConvTranspose2d):
+                up = nn.functional.conv_transpose2d(up, upsample_kernel(d.kernel_size[0]).expand(4, 1, -1, -1).contiguous(),
+                                                    stride=2, padding=d.padding[0], groups=4)
+        fused = 20 * lower / lower.norm(dim=1, keepdim=True) + 10 * up / up.norm(dim=1, keepdim=True)
+        expected = torch.relu(torch.cat([fused, fused], 1))  # merge widens 4 -> 8 by repetition
+    assert torch.allclose(lower, torch.stack([(low[0, c] + low[0, c + 4]) / 2 if c < 2 else low[0, c]
+                                              for c in range(4)])[None], atol=1e-6)
+    assert torch.allclose(out, expected, atol=1e-4)
+    with pytest.raises(ValueError, match="conv_init must be one of"):
+        _block(conv_init="dirac")

@@ -138,6 +138,7 @@ class ModelConfig:
     # deconvolution of both branches, as DSSD); deconvolution init "xavier" | "upsample".
     fusion_norm: str = "none"
     fusion_deconv_init: str = "xavier"
+    fusion_conv_init: str = "xavier"  # "xavier" | "identity" (the block's 3x3 convs start as identity)
     l2norm_eps: float = 1e-10  # lower bound of the L2 norms (mdssd.ops.l2norm_sum's eps)
     ssd_l2norm_scale: float = 20.0
     # conv3_3 as a source (the *_s4 presets): 20 like conv4_3 in SSD and like the Fusion Block's
@@ -383,6 +384,8 @@ PRESETS["mdssd_tiny_bn"] = PRESETS["mdssd_tiny"].replace(name="mdssd_tiny_bn", f
 PRESETS["mdssd_tiny_up"] = PRESETS["mdssd_tiny"].replace(name="mdssd_tiny_up", fusion_deconv_init="upsample")
 PRESETS["mdssd_tiny_bn_up"] = PRESETS["mdssd_tiny"].replace(
     name="mdssd_tiny_bn_up", fusion_norm="batch", fusion_deconv_init="upsample")
+PRESETS["mdssd_tiny_id"] = PRESETS["mdssd_tiny"].replace(
+    name="mdssd_tiny_id", fusion_deconv_init="upsample", fusion_conv_init="identity")
 
 
 def get_config(name: str, **overrides) -> ModelConfig:

@@ -15,6 +15,11 @@ Two options (``ModelConfig.fusion_norm`` / ``fusion_deconv_init``; the paper's b
 * ``fusion_deconv_init="upsample"``: every deconvolution starts as a per-channel upsampling of its
   input (:func:`init_deconv_upsample`) instead of Xavier noise, so at step 0 the upper branch
   already carries the deep map's signal up to the shallow map's size.
+* ``fusion_conv_init="identity"``: every 3x3 conv of the block (upper, lower, merge) starts as
+  the identity (:func:`init_conv_identity`). With upsampling deconvolutions the block then starts
+  as ``ReLU(20 * shallow / ||shallow|| + 10 * up(deep) / ||up(deep)||)``: the normalised
+  shallow map that the SSD twin with the same layer predicts from, plus the deep context, instead
+  of two untrained convolutions between the backbone and the head.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from .vgg import init_conv
 
 FUSION_NORMS = ("none", "batch")
 FUSION_DECONV_INITS = ("xavier", "upsample")
+FUSION_CONV_INITS = ("xavier", "identity")
 
 
 def deconv_output_size(size: int, kernel: int) -> int:
@@ -51,33 +57,50 @@ def upsample_kernel(kernel: int) -> Tensor:
     return taps[:, None] * taps[None, :]
 
 
+def channel_fold(cin: int, cout: int) -> Tensor:
+    """``[cin, cout]`` mixing matrix that passes channels through: input ``i`` feeds output
+    ``i mod cout`` (``i mod cin`` the other way round when widening) and each output averages the
+    inputs it gets, so a constant map keeps its value and no input channel is dropped."""
+    fold = torch.zeros(cin, cout)
+    for i in range(max(cin, cout)):
+        fold[i % cin, i % cout] += 1
+    return fold / fold.sum(0, keepdim=True)
+
+
 @torch.no_grad()
 def init_deconv_upsample(deconv: nn.ConvTranspose2d) -> None:
-    """Initialise ``deconv`` as channel-wise upsampling (:func:`upsample_kernel`), bias zero.
-    Input channel ``i`` feeds output channel ``i mod out`` (``i mod in`` the other way round when
-    the deconvolution widens); each output averages the inputs it gets, so a constant map stays
-    the same constant and no channel of the input is dropped."""
-    cin, cout = deconv.in_channels, deconv.out_channels
+    """Initialise ``deconv`` as channel-wise upsampling (:func:`upsample_kernel`, channels through
+    :func:`channel_fold`), bias zero."""
     taps = upsample_kernel(deconv.kernel_size[0])
-    weight = torch.zeros_like(deconv.weight)  # [in, out, k, k]
-    fan = torch.zeros(cout)
-    for i in range(max(cin, cout)):
-        weight[i % cin, i % cout] += taps
-        fan[i % cout] += 1
-    deconv.weight.copy_(weight / fan.view(1, -1, 1, 1))
+    fold = channel_fold(deconv.in_channels, deconv.out_channels)  # [in, out], as the weight
+    deconv.weight.copy_(fold[:, :, None, None] * taps)
     if deconv.bias is not None:
         deconv.bias.zero_()
+
+
+@torch.no_grad()
+def init_conv_identity(conv: nn.Conv2d) -> None:
+    """Initialise an odd-kernel ``conv`` as the identity (the centre tap only, channels through
+    :func:`channel_fold`), bias zero: the layer starts by passing its input on."""
+    k = conv.kernel_size[0]
+    weight = torch.zeros_like(conv.weight)  # [out, in, k, k]
+    weight[:, :, k // 2, k // 2] = channel_fold(conv.in_channels, conv.out_channels).t()
+    conv.weight.copy_(weight)
+    if conv.bias is not None:
+        conv.bias.zero_()
 
 
 class FusionBlock(nn.Module):
     def __init__(self, config: FusionConfig, low_channels: int, high_channels: int, width: int,
                  scale_low: float, scale_high: float, eps: float, backend: "str | Backend" = "ext",
-                 norm: str = "none", deconv_init: str = "xavier"):
+                 norm: str = "none", deconv_init: str = "xavier", conv_init: str = "xavier"):
         super().__init__()
         if norm not in FUSION_NORMS:
             raise ValueError(f"Fusion Block norm must be one of {FUSION_NORMS}, got {norm!r}")
         if deconv_init not in FUSION_DECONV_INITS:
             raise ValueError(f"Fusion Block deconv_init must be one of {FUSION_DECONV_INITS}, got {deconv_init!r}")
+        if conv_init not in FUSION_CONV_INITS:
+            raise ValueError(f"Fusion Block conv_init must be one of {FUSION_CONV_INITS}, got {conv_init!r}")
         self.config = config
         self.eps = eps
         self.backend = get_backend(backend)
@@ -105,6 +128,10 @@ class FusionBlock(nn.Module):
             for m in self.upper.modules():
                 if isinstance(m, nn.ConvTranspose2d):
                     init_deconv_upsample(m)
+        if conv_init == "identity":
+            for m in self.modules():
+                if type(m) is nn.Conv2d:
+                    init_conv_identity(m)
 
     def output_size(self, high_size: int) -> int:
         for kernel in self.config.deconv_kernels:
