@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     # A process started by --jobs: trains what no other process holds, leaves the final report
     # to its parent.
     parser.add_argument("--job-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--per-layer", action="store_true",
+                        help="also score every run once per prediction layer (mdssd.per_layer): a "
+                        "per-layer table in ablation.md and per-layer-<variant>.png")
     parser.add_argument("--report-only", action="store_true",
                         help="only rebuild ablation.json/.md/.png from the finished runs; train nothing")
     return parser
@@ -166,16 +169,11 @@ def train_and_score(cfg: config_mod.TrainConfig, variant: str, seed: int, eval_b
 def score_run(cfg: config_mod.TrainConfig, weights: Path, eval_batch_size: int) -> dict[str, Any]:
     """Metrics of a run's weights on its val split (the synthetic set as the run built it), sliced
     into tiles when the run was trained with ``--tile`` (as training's own evaluation is)."""
-    from .data import build_source
     from .eval import evaluate
-    from .inference import load_model, read_checkpoint, synthetic_val_options
     from .model.summary import summarize
     from .train import tile_spec
 
-    checkpoint = read_checkpoint(weights)
-    options = synthetic_val_options(checkpoint) if cfg.dataset == "synthetic" else {}
-    source = build_source(cfg.dataset, cfg.data_root, cfg.val_split or "val", **options)
-    model, _ = load_model(checkpoint, backend=cfg.backend, device="cpu")
+    model, source = _model_and_val_source(cfg, weights)
     t0 = time.time()
     report = evaluate(model, source, batch_size=eval_batch_size, coco=True, size_bins=True,
                       tile=tile_spec(cfg))
@@ -190,6 +188,61 @@ def score_run(cfg: config_mod.TrainConfig, weights: Path, eval_batch_size: int) 
         "val_images": len(source), "eval_wall_s": round(eval_wall, 1),
         "params": totals["params"], "gflops": 2 * totals["macs"] / 1e9, "priors": totals["priors"],
     }
+
+
+def _model_and_val_source(cfg: config_mod.TrainConfig, weights: Path):
+    """A run's model (CPU, eval mode) and its val split, the synthetic set as the run built it."""
+    from .data import build_source
+    from .inference import load_model, read_checkpoint, synthetic_val_options
+
+    checkpoint = read_checkpoint(weights)
+    options = synthetic_val_options(checkpoint) if cfg.dataset == "synthetic" else {}
+    source = build_source(cfg.dataset, cfg.data_root, cfg.val_split or "val", **options)
+    model, _ = load_model(checkpoint, backend=cfg.backend, device="cpu")
+    return model, source
+
+
+def add_per_layer(cfg: config_mod.TrainConfig, result: dict[str, Any], eval_batch_size: int) -> dict[str, Any]:
+    """``result`` with ``per_layer`` (:func:`mdssd.per_layer.evaluate_per_layer` of the run's final
+    weights) added and stored in its ``result.json``; a result that has it is returned as is."""
+    if result.get("per_layer"):
+        return result
+    from .per_layer import evaluate_per_layer
+    from .train import tile_spec
+
+    model, source = _model_and_val_source(cfg, Path(cfg.out_dir) / "last.pt")
+    result = dict(result, per_layer=evaluate_per_layer(model, source, eval_batch_size, tile=tile_spec(cfg)))
+    _write_atomic(Path(cfg.out_dir) / "result.json", json.dumps(_clean(result), indent=1, default=_json_default) + "\n")
+    return result
+
+
+def per_layer_summary(runs: list[dict], variants: Sequence[str]) -> dict[str, dict[str, dict]]:
+    """Per variant, per layer: mean ± std over seeds of AP, AP_small and AP per size bin (the
+    shape :func:`plot_size_bins` draws), from runs that have ``per_layer``."""
+    out: dict[str, dict[str, dict]] = {}
+    for v in variants:
+        rows = [r["per_layer"] for r in runs if r["variant"] == v and r.get("per_layer")]
+        if not rows:
+            continue
+        out[v] = {}
+        for k, layer in enumerate(row["layer"] for row in rows[0]):
+            picked = [seed_rows[k] for seed_rows in rows]
+            metrics = {key: mean_std([_none_nan(p[key]) for p in picked]) for key in ("ap", "ap_small")}
+            for b in SIZE_BINS:
+                metrics[f"size:{b}:AP"] = mean_std([_none_nan(p["size_bins"][b]["AP"]) for p in picked])
+            out[v][layer] = {"map_size": picked[0]["map_size"], "metrics": metrics}
+    return out
+
+
+def format_per_layer_summary(per_layer: dict[str, dict[str, dict]]) -> str:
+    head = ["variant", "layer", "map", "AP", "AP_small"] + [f"AP {b}" for b in SIZE_BINS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v, layers in per_layer.items():
+        for layer, entry in layers.items():
+            m, size = entry["metrics"], entry["map_size"]
+            lines.append(f"| `{v}` | {layer} | {'-' if size is None else f'{size}x{size}'} | {_pct(m['ap'])} | "
+                         f"{_pct(m['ap_small'])} | " + " | ".join(_pct(m[f'size:{b}:AP']) for b in SIZE_BINS) + " |")
+    return "\n".join(lines)
 
 
 def _loadavg() -> str | None:
@@ -359,7 +412,8 @@ def plot_size_bins(summary: dict, path: Path, title: str) -> None:
 
     bins = list(SIZE_BINS) + ["all"]
     variants = list(summary)
-    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+               (227, 119, 194), (127, 127, 127), (188, 189, 34)]
     width, height = 900, 520
     left, right, top, bottom = 70, 20, 60, 90
     image = Image.new("RGB", (width, height), "white")
@@ -440,8 +494,18 @@ def write_reports(out: Path, runs: list[dict], variants: Sequence[str], settings
 
         text += ("\nPrior coverage of the val objects (no training: the training matcher's positives per "
                  "object, by object side in input pixels):\n\n" + format_coverage(coverage) + "\n")
+    per_layer = per_layer_summary(runs, variants)
+    if per_layer:
+        data["per_layer"] = per_layer
+        text += ("\nPer prediction layer (`--per-layer`: each run scored once per layer with only that layer's "
+                 "priors kept, everything else equal; the row `all` is the model itself), mean ± std over "
+                 "seeds:\n\n" + format_per_layer_summary(per_layer) + "\n")
+        _write_atomic(out / "ablation.json", json.dumps(_clean(data), indent=1, default=_json_default) + "\n")
     _write_atomic(out / "ablation.md", text)
     seeds = sorted({r["seed"] for r in runs})
+    for v, layers in per_layer.items():
+        plot_size_bins(layers, out / f"per-layer-{v}.png",
+                       f"{v}: AP@[.5:.95] by object size per prediction layer, {len(seeds)} seed(s)")
     plot_size_bins(summary, out / "ablation.png",
                    f"AP@[.5:.95] by object size, {settings['dataset']}, {len(seeds)} seed(s), mean ± std")
     return data
@@ -617,6 +681,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Once more from every stored result: other processes on this --out may have finished runs
     # this one skipped.
     runs = [r for r in (finished_result(configs[v, s]) for s in range(args.seeds) for v in args.variants) if r]
+    if args.per_layer:
+        runs = [add_per_layer(configs[r["variant"], r["seed"]], r, args.eval_batch_size) for r in runs]
     if not runs:
         print("mdssd.ablation: no finished runs to report", file=sys.stderr)
         return 1

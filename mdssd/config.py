@@ -167,6 +167,11 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
                    synthetic_val_images=1000, workers=8,
                      synthetic_min_size=None, synthetic_max_size=None),
 }
+# The ResNet-101 models (MDSSD320*, MDSSD512*) and their SSD baselines train like the VGG ones of
+# the same input size.
+for _resnet, _vgg in (("mdssd320_resnet101", "mdssd300"), ("ssd320_resnet101", "ssd300"),
+                      ("mdssd512_resnet101", "mdssd512"), ("ssd512_resnet101", "ssd512")):
+    PRESET_DEFAULTS[_resnet] = dict(PRESET_DEFAULTS[_vgg])
 
 # The stride-4 ablation twins (mdssd.model.config) train as the model they are compared with.
 PRESET_DEFAULTS["ssd300_s4"] = PRESET_DEFAULTS["ssd300"]
@@ -329,7 +334,7 @@ FIELD_HELP: dict[str, str] = {
     "preset": "model preset of mdssd.model (mdssd_tiny, mdssd300, ssd300, ssd_tiny_s4, ...); brings its input side",
     "batch_norm": "BatchNorm after every backbone conv (needed to train from scratch)",
     "backend": "ops backend: ext (compiled kernels) or reference (pure PyTorch); same results",
-    "pretrained_backbone": "path of a local torchvision vgg16 state-dict file for the backbone",
+    "pretrained_backbone": "path of a local torchvision state-dict file for the backbone: vgg16/vgg16_bn (VGG presets) or resnet101 (*_resnet101 presets)",
     "dataset": "data set: synthetic, voc, coco, tt100k, yolo, visdrone or dota",
     "data_root": "data set folder (yolo: data.yaml or its folder; not needed for synthetic)",
     "train_split": "training split name (null: the data set's usual one)",

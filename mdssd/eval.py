@@ -121,6 +121,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--size-bins", action="store_true",
                         help="also COCO AP/AR per object side 2-8, 8-16, 16-32, 32-64 px (AI-TOD's bins)")
     parser.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    parser.add_argument("--per-layer", action="store_true",
+                        help="score once per prediction layer, only its priors kept (mdssd.per_layer): "
+                        "AP, AP_small and the size bins per layer, with a plot")
+    parser.add_argument("--per-layer-out", default=None, metavar="PREFIX",
+                        help="--per-layer files PREFIX.json/.md/.png (default: per-layer next to --weights)")
     add_tile_arguments(parser)
     return parser
 
@@ -166,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     if args.size_bins and args.no_coco:
         parser.error("--size-bins are COCO metrics: drop --no-coco")
+    if args.per_layer and args.no_coco:
+        parser.error("--per-layer reports COCO metrics: drop --no-coco")
     from .data import build_source
     from .inference import load_model, read_checkpoint, synthetic_val_options
 
@@ -187,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mdssd.eval: the checkpoint was trained on classes {list(class_names)}, the data set has "
               f"{list(source.class_names)}", file=sys.stderr)
         return 2
+    if args.per_layer:
+        return _per_layer(args, model, source, tile)
     from .inference.step1_read import RasterError
 
     try:
@@ -200,6 +209,21 @@ def main(argv: list[str] | None = None) -> int:
     print(report.table)
     if args.json:
         Path(args.json).write_text(json.dumps(report.as_dict(), indent=2))
+    return 0
+
+
+def _per_layer(args, model, source, tile) -> int:
+    from .per_layer import evaluate_per_layer, format_per_layer, write_per_layer
+
+    rows = evaluate_per_layer(model, source, args.batch_size, args.workers, tile=tile)
+    prefix = args.per_layer_out or str(Path(args.weights).with_name("per-layer"))
+    title = f"Per-layer AP@[.5:.95] by object size: {model.config.name}, {args.data} {args.split}"
+    paths = write_per_layer(prefix, rows, title, meta={"weights": str(args.weights), "data": args.data,
+                                                       "split": args.split, "images": len(source),
+                                                       "preset": model.config.name})
+    print(f"{args.data} {args.split}: {len(source)} images, weights {args.weights}, one layer's priors at a time")
+    print(format_per_layer(rows))
+    print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 

@@ -753,9 +753,9 @@ def _check_resumable(state: dict, cfg: TrainConfig, path: Path) -> None:
 
 
 def _load_backbone(model, path: str) -> None:
-    from .model import load_vgg16_imagenet
+    from .model.detector import load_pretrained_backbone
 
-    loaded = load_vgg16_imagenet(model.backbone, path)
+    loaded = load_pretrained_backbone(model, path)
     if distributed.info().is_main:
         print(f"loaded {len(loaded)} backbone tensors from {path}", flush=True)
 

@@ -40,6 +40,23 @@ def test_reports_are_written(tmp_path):
     assert Image.open(tmp_path / "ablation.png").size == (900, 520)
 
 
+def test_per_layer_section_is_averaged_over_seeds(tmp_path):
+    def layers(ap_first):
+        bins = {n: {"AP": ap_first, "AP50": ap_first, "AR": 0.0, "num_gt": 5} for n in ablation.SIZE_BINS}
+        return [{"layer": "module1", "map_size": 32, "priors": 4096, "ap": ap_first, "ap_small": ap_first,
+                 "size_bins": bins},
+                {"layer": "all", "map_size": None, "priors": 5620, "ap": 0.5, "ap_small": 0.5, "size_bins": bins}]
+
+    runs = [dict(_run("a", 0, 0.1), per_layer=layers(0.2)), dict(_run("a", 1, 0.2), per_layer=layers(0.4)),
+            _run("b", 0, 0.3)]
+    data = ablation.write_reports(tmp_path, runs, ["a", "b"], {"dataset": "synthetic", "seeds": 2})
+    first = data["per_layer"]["a"]["module1"]["metrics"]
+    assert first["size:8-16px:AP"]["mean"] == pytest.approx(0.3) and first["ap"]["n"] == 2
+    assert "b" not in data["per_layer"]  # runs without per-layer scores are left out, not zero
+    assert "| `a` | module1 | 32x32 | 30.0 ± 14.1 |" in (tmp_path / "ablation.md").read_text()
+    assert (tmp_path / "per-layer-a.png").exists() and not (tmp_path / "per-layer-b.png").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--seed", "3"], "--seed: set by the ablation"),  # no abbreviation of --seeds either
     (["--out-dir=x"], "--out-dir=x: set by the ablation"),
@@ -80,6 +97,13 @@ def test_ablation_end_to_end_and_resumes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mdssd.train, "train", lambda cfg: pytest.fail("retrained a finished run"))
     assert ablation.main(argv) == 0
+    # --per-layer scores the finished runs once per layer without retraining them.
+    assert ablation.main(argv + ["--per-layer"]) == 0
+    data = json.loads((tmp_path / "ablation.json").read_text())
+    assert [row["layer"] for row in data["runs"][1]["per_layer"]] == ["conv3_3", "conv4_3", "conv7", "conv8_2",
+                                                                      "conv9_2", "conv10_2", "all"]
+    assert data["runs"][1]["per_layer"][-1]["ap"] == pytest.approx(data["runs"][1]["ap"], nan_ok=True)
+    assert (tmp_path / "per-layer-ssd_tiny_s4.png").exists()
     with pytest.raises(SystemExit, match="different config \\(steps\\)"):
         ablation.main([a if a != "2" else "3" for a in argv])
 

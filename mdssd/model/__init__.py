@@ -10,10 +10,11 @@ from .config import PRESETS, ModelConfig, get_config
 from .detector import Detector, build_model
 from .export import export_onnx, export_program
 from .priors import make_priors
+from .resnet import load_resnet_imagenet
 from .vgg import load_vgg16_imagenet
 
 __all__ = [
     "BACKENDS", "Backend", "Detector", "ModelConfig", "PRESETS", "build_model", "export_onnx",
-    "export_program", "get_backend", "get_config", "load_checkpoint", "load_vgg16_imagenet",
+    "export_program", "get_backend", "get_config", "load_checkpoint", "load_resnet_imagenet", "load_vgg16_imagenet",
     "make_priors", "save_checkpoint",
 ]

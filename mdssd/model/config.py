@@ -40,6 +40,12 @@ class BackboneConfig:
     layout: tuple = VGG16_LAYOUT
     fc_channels: int = 1024
     batch_norm: bool = False
+    # "vgg16" (the fields above) or "resnet" (mdssd.model.resnet: torchvision's Bottleneck ResNet,
+    # ``resnet_blocks`` per stage, stage widths resnet_width x 1, 2, 4, 8; always BatchNorm, so
+    # ``batch_norm`` does not apply). (3, 4, 23, 3) at width 64 is ResNet-101.
+    arch: str = "vgg16"
+    resnet_blocks: tuple = (3, 4, 23, 3)
+    resnet_width: int = 64
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,11 @@ class ModelConfig:
     fusion_channels: int = 256  # width of both Fusion Block branches (SPEC: 256)
     fusion_scale_high: float = 10.0  # L2Norm scale init, upper (deep) branch (assumed)
     fusion_scale_low: float = 20.0  # L2Norm scale init, lower (shallow) branch
+    # Fusion Block options (mdssd.model.fusion): "none" | "batch" (BatchNorm after every conv and
+    # deconvolution of both branches, as DSSD); deconvolution init "xavier" | "upsample".
+    fusion_norm: str = "none"
+    fusion_deconv_init: str = "xavier"
+    fusion_conv_init: str = "xavier"  # "xavier" | "identity" (the block's 3x3 convs start as identity)
     l2norm_eps: float = 1e-10  # lower bound of the L2 norms (mdssd.ops.l2norm_sum's eps)
     ssd_l2norm_scale: float = 20.0
     # conv3_3 as a source (the *_s4 presets): 20 like conv4_3 in SSD and like the Fusion Block's
@@ -294,6 +305,87 @@ PRESETS["ssd300_s4"] = PRESETS["ssd300"].replace(
     name="ssd300_s4", sources=("conv3_3",) + PRESETS["ssd300"].sources, priors=PRIORS_MDSSD300)
 PRESETS["ssd512_s4"] = PRESETS["ssd512"].replace(
     name="ssd512_s4", sources=("conv3_3",) + PRESETS["ssd512"].sources, priors=PRIORS_MDSSD512)
+
+# ---------------------------------------------------------------------------------------------
+# ResNet-101 MDSSD (the paper's MDSSD320* / MDSSD512*) and its SSD baselines; docs/model.md
+# derives the pairing. The stages tap layer1..layer4 at strides 4, 8, 16, 32 with 256, 512,
+# 1024, 2048 channels: the shallow maps layer1/2/3 have the channels of VGG's conv3_3/conv4_3/
+# conv7 (the paper's module widths 256, 512, 1024) and the deep maps layer4/extra1_2/extra2_2 are
+# 8x coarser, so every Fusion Block doubles three times, as in VGG MDSSD.
+RESNET101 = BackboneConfig(arch="resnet", resnet_blocks=(3, 4, 23, 3), resnet_width=64, batch_norm=True)
+EXTRAS_RESNET_320 = (
+    ExtraConfig("extra1", 256, 512, 3, 2, 1),  # 10 -> 5
+    ExtraConfig("extra2", 128, 256, 3, 2, 1),  # 5 -> 3
+    ExtraConfig("extra3", 128, 256, 3, 1, 0),  # 3 -> 1
+)
+EXTRAS_RESNET_512 = (
+    ExtraConfig("extra1", 256, 512, 3, 2, 1),  # 16 -> 8
+    ExtraConfig("extra2", 128, 256, 3, 2, 1),  # 8 -> 4
+    ExtraConfig("extra3", 128, 256, 3, 2, 1),  # 4 -> 2
+    ExtraConfig("extra4", 128, 256, 4, 1, 1),  # 2 -> 1
+)
+FUSION_RESNET_320 = (
+    FusionConfig("module1", "layer1", "layer4", 256, (2, 2, 2)),  # 10 -> 20 -> 40 -> 80
+    FusionConfig("module2", "layer2", "extra1_2", 512, (2, 2, 2)),  # 5 -> 40
+    FusionConfig("module3", "layer3", "extra2_2", 1024, (3, 2, 2)),  # 3 -> 5 -> 10 -> 20
+)
+FUSION_RESNET_512 = (
+    FusionConfig("module1", "layer1", "layer4", 256, (2, 2, 2)),  # 16 -> 128
+    FusionConfig("module2", "layer2", "extra1_2", 512, (2, 2, 2)),  # 8 -> 64
+    FusionConfig("module3", "layer3", "extra2_2", 1024, (2, 2, 2)),  # 4 -> 32
+)
+# MDSSD320* (assumed): MDSSD300's boxes scaled by 320/300 on the 80, 40, 20, 10, 5, 3, 1 maps.
+PRIORS_MDSSD320 = PriorConfig(
+    feature_maps=(80, 40, 20, 10, 5, 3, 1),
+    steps=(4, 8, 16, 32, 64, 320 / 3, 320),
+    min_sizes=tuple(round(s * 320 / 300, 2) for s in PRIORS_MDSSD300.min_sizes),
+    max_sizes=tuple(round(s * 320 / 300, 2) for s in PRIORS_MDSSD300.max_sizes),
+    aspect_ratios=PRIORS_MDSSD300.aspect_ratios,
+)
+PRESETS["mdssd320_resnet101"] = ModelConfig(
+    name="mdssd320_resnet101", image_size=320, backbone=RESNET101, extras=EXTRAS_RESNET_320,
+    fusion=FUSION_RESNET_320, priors=PRIORS_MDSSD320,
+    sources=("module1", "module2", "module3", "layer4", "extra1_2", "extra2_2", "extra3_2"),
+)
+PRESETS["mdssd512_resnet101"] = ModelConfig(
+    name="mdssd512_resnet101", image_size=512, backbone=RESNET101, extras=EXTRAS_RESNET_512,
+    fusion=FUSION_RESNET_512, priors=PRIORS_MDSSD512,
+    sources=("module1", "module2", "module3", "layer4", "extra1_2", "extra2_2", "extra3_2", "extra4_2"),
+)
+# The SSD baselines: the same network without Fusion Blocks and without the stride-4 layer (as
+# SSD300 is MDSSD300 without its 75x75 layer): sources layer2, layer3, layer4 and the extras.
+PRESETS["ssd320_resnet101"] = PRESETS["mdssd320_resnet101"].replace(
+    name="ssd320_resnet101", fusion=(), sources=("layer2", "layer3") + PRESETS["mdssd320_resnet101"].sources[3:],
+    priors=_without_first_map(PRIORS_MDSSD320))
+PRESETS["ssd512_resnet101"] = PRESETS["mdssd512_resnet101"].replace(
+    name="ssd512_resnet101", fusion=(), sources=("layer2", "layer3") + PRESETS["mdssd512_resnet101"].sources[3:],
+    priors=_without_first_map(PRIORS_MDSSD512))
+# The small ResNet preset (ours, trains on a CPU): one Bottleneck per stage at width 16 (stages
+# 64, 128, 256, 512 channels), 128 px input, maps 32, 16, 8, 4, 2, 1 as mdssd_tiny, and its priors.
+PRESETS["mdssd_resnet_tiny"] = ModelConfig(
+    name="mdssd_resnet_tiny", image_size=128,
+    backbone=BackboneConfig(arch="resnet", resnet_blocks=(1, 1, 1, 1), resnet_width=16, batch_norm=True),
+    extras=(ExtraConfig("extra1", 64, 128, 3, 2, 1), ExtraConfig("extra2", 32, 64, 3, 2, 1)),  # 4 -> 2 -> 1
+    fusion=(
+        FusionConfig("module1", "layer1", "layer4", 64, (2, 2, 2)),  # 4 -> 32
+        FusionConfig("module2", "layer2", "extra1_2", 128, (2, 2, 2)),  # 2 -> 16
+        FusionConfig("module3", "layer3", "extra2_2", 256, (2, 2, 2)),  # 1 -> 8
+    ),
+    fusion_channels=64, priors=PRIORS_MDSSD_TINY,
+    sources=("module1", "module2", "module3", "layer4", "extra1_2", "extra2_2"),
+)
+PRESETS["ssd_resnet_tiny"] = PRESETS["mdssd_resnet_tiny"].replace(
+    name="ssd_resnet_tiny", fusion=(), sources=("layer2", "layer3", "layer4", "extra1_2", "extra2_2"),
+    priors=_without_first_map(PRIORS_MDSSD_TINY))
+
+# Fusion Block candidates (mdssd.model.fusion; docs/model.md "MDSSD vs SSD"): the tiny preset with
+# BatchNorm in the block, upsampling-initialised deconvolutions, and both.
+PRESETS["mdssd_tiny_bn"] = PRESETS["mdssd_tiny"].replace(name="mdssd_tiny_bn", fusion_norm="batch")
+PRESETS["mdssd_tiny_up"] = PRESETS["mdssd_tiny"].replace(name="mdssd_tiny_up", fusion_deconv_init="upsample")
+PRESETS["mdssd_tiny_bn_up"] = PRESETS["mdssd_tiny"].replace(
+    name="mdssd_tiny_bn_up", fusion_norm="batch", fusion_deconv_init="upsample")
+PRESETS["mdssd_tiny_id"] = PRESETS["mdssd_tiny"].replace(
+    name="mdssd_tiny_id", fusion_deconv_init="upsample", fusion_conv_init="identity")
 
 
 def get_config(name: str, **overrides) -> ModelConfig:

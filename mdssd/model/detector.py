@@ -13,11 +13,32 @@ from .heads import Head
 from .loss import check_finite, check_targets, ignore_priors, multibox_loss
 from .postprocess import detect
 from .priors import make_priors
+from .resnet import ResNet
 from .vgg import VGG16
 
 # Background priors with at least this IoU with an ignore region (a crop-cut object) are left out
 # of the loss: below the matching threshold (0.5), so near matches are not pushed to background.
 IGNORE_IOU = 0.3
+
+
+def build_backbone(config) -> nn.Module:
+    """VGG16 (``arch="vgg16"``) or ResNet (``"resnet"``) from a :class:`BackboneConfig`."""
+    if config.arch == "vgg16":
+        return VGG16(config)
+    if config.arch == "resnet":
+        return ResNet(config)
+    raise ValueError(f"unknown backbone arch {config.arch!r}; choose 'vgg16' or 'resnet'")
+
+
+def load_pretrained_backbone(model: "Detector", source) -> list[str]:
+    """A local torchvision ImageNet state dict (file or dict) into ``model.backbone``: ``vgg16`` /
+    ``vgg16_bn`` for VGG presets, ``resnet101`` for the ResNet ones. Returns the keys loaded."""
+    from .resnet import load_resnet_imagenet
+    from .vgg import load_vgg16_imagenet
+
+    if isinstance(model.backbone, ResNet):
+        return load_resnet_imagenet(model.backbone, source)
+    return load_vgg16_imagenet(model.backbone, source)
 
 
 class Detector(nn.Module):
@@ -27,16 +48,19 @@ class Detector(nn.Module):
     def __init__(self, config: ModelConfig, backend: "str | Backend" = "ext"):
         super().__init__()
         self.config = config
-        self.backbone = VGG16(config.backbone)
-        self.extras = Extras(config.extras, config.backbone.fc_channels)
+        self.backbone = build_backbone(config.backbone)
+        last = self.backbone.last  # the backbone map the extras continue from
+        self.extras = Extras(config.extras, self.backbone.channels[last])
         channels = {**self.backbone.channels, **self.extras.channels}
         sizes = self.backbone.output_sizes(config.image_size)
-        sizes.update(self.extras.output_sizes(sizes["conv7"]))
+        sizes.update(self.extras.output_sizes(sizes[last]))
 
         self.fusion = nn.ModuleList()
         for f in config.fusion:
             block = FusionBlock(f, channels[f.low], channels[f.high], config.fusion_channels,
-                                config.fusion_scale_low, config.fusion_scale_high, config.l2norm_eps)
+                                config.fusion_scale_low, config.fusion_scale_high, config.l2norm_eps,
+                                norm=config.fusion_norm, deconv_init=config.fusion_deconv_init,
+                                conv_init=config.fusion_conv_init)
             landed = block.output_size(sizes[f.high])
             if landed != sizes[f.low]:
                 raise ValueError(f"{config.name}: {f.name}'s deconvolutions {f.deconv_kernels} take "
@@ -89,7 +113,7 @@ class Detector(nn.Module):
         """The source maps the heads predict from, in ``config.sources`` order."""
         self.check_images(images)
         maps = self.backbone(images)
-        maps.update(self.extras(maps["conv7"]))
+        maps.update(self.extras(maps[self.backbone.last]))
         for f, block in zip(self.config.fusion, self.fusion):
             maps[f.name] = block(maps[f.low], maps[f.high])
         if self.conv4_3_norm is not None:

@@ -84,8 +84,9 @@ def summarize(config: ModelConfig) -> tuple[list[LayerInfo], dict]:
 
 def format_summary(config: ModelConfig) -> str:
     rows, totals = summarize(config)
-    lines = [f"{config.name}: {config.image_size}x{config.image_size} input, {config.num_classes} classes, "
-             f"backbone batch_norm={config.backbone.batch_norm}", ""]
+    backbone = (f"backbone ResNet, blocks {config.backbone.resnet_blocks}, width {config.backbone.resnet_width}"
+                if config.backbone.arch == "resnet" else f"backbone VGG16, batch_norm={config.backbone.batch_norm}")
+    lines = [f"{config.name}: {config.image_size}x{config.image_size} input, {config.num_classes} classes, {backbone}", ""]
     lines.append(f"{'layer':<28} {'type':<34} {'output (C,H,W)':<18} {'params':>11} {'GMACs':>8}")
     for r in rows:
         out = "x".join(str(v) for v in r.output)

@@ -64,6 +64,7 @@ class VGG16(nn.Module):
         if missing:
             raise ValueError(f"backbone layout has no {sorted(missing)} (needs 5 stages of 3x3 convs)")
         self.features = nn.Sequential(*layers)
+        self.last = "conv7"  # the map the extras continue from
         self.channels = {
             "conv3_3": self.features[self.conv_index["conv3_3"]].out_channels,
             "conv4_3": self.features[self.conv_index["conv4_3"]].out_channels,
