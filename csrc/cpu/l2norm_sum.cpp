@@ -5,7 +5,7 @@
 // computed as sa[c] * (a[c] * (1 / na)): the unit vector first, so that no product of a scale
 // and a tiny value rounds in the subnormal range (as (sa[c] * a[c]) / na would).
 //
-// Work is split into blocks of up to kBlock pixels of one image; every block reads each input
+// Work is split into blocks of up to kMaxBlock pixels of one image (nchw_block); every block reads each input
 // element from memory once (a second pass over the block hits the cache). Accumulation is
 // float32 for half/bfloat16/float32 inputs and float64 for float64 (at::opmath_type).
 //
@@ -54,6 +54,8 @@
 #include <type_traits>
 #include <vector>
 
+#include <unistd.h>
+
 #include "checks.h"
 #include "cpu/isa.h"
 #include "cpu/parallel.h"
@@ -61,12 +63,31 @@
 namespace mdssd {
 namespace {
 
-// Pixels per block: 256 bytes of one channel (64 float32, 128 bfloat16/float16, 32 float64).
-// Measured on a 2-core EPYC (512 KB L2 per core) at 256 channels: 128 float32 pixels make the
-// backward slower (its three inputs no longer stay in L2 for the second pass); 64 bfloat16
-// pixels are ~1.5x slower than 128.
+// Pixels per block: channels_last 256 bytes of one channel (64 float32, 128 bfloat16/float16,
+// 32 float64). NCHW: as many pixels as keep the backward's block (3 inputs x C channels) in half
+// of the L2 cache, between 256 and 1024 bytes per channel row: longer rows stream better (fewer
+// strided segments per block), but the second pass must find the block in L2. Measured on a
+// 2-core EPYC (512 KB L2 per core) at 256 channels: 128 float32 pixels made the backward slower
+// there (256 bytes are chosen); a 2 MB L2 (Xeon) takes 1024-byte rows.
 template <typename T>
 constexpr int64_t kBlock = 256 / static_cast<int64_t>(sizeof(T));
+template <typename T>
+constexpr int64_t kMaxBlock = 4 * kBlock<T>;
+
+int64_t l2_cache_bytes() {
+  static const int64_t bytes = [] {
+    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return v > 0 ? static_cast<int64_t>(v) : int64_t(512) << 10;
+  }();
+  return bytes;
+}
+
+template <typename T>
+int64_t nchw_block(int64_t channels) {
+  const int64_t fit = l2_cache_bytes() / 2 / (3 * std::max<int64_t>(1, channels) * static_cast<int64_t>(sizeof(T)));
+  const int64_t px = std::clamp(fit, kBlock<T>, kMaxBlock<T>);
+  return px / kBlock<T> * kBlock<T>;
+}
 // The backward's scale-gradient partial sums: the blocks are cut into at most kMaxChunks chunks
 // of equal size (a function of the shape only, never of the thread count), each summed on its
 // own and then added in chunk order.
@@ -186,7 +207,7 @@ at::Tensor forward_cpu(const at::Tensor& a_in, const at::Tensor& b_in, const at:
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "l2norm_sum_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Layout l = layout_of(a, kBlock<scalar_t>);
+    const Layout l = layout_of(a, cl ? kBlock<scalar_t> : nchw_block<scalar_t>(a.size(1)));
     const auto sa_t = scale_a.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const auto sb_t = scale_b.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const Args<scalar_t> p{a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), nullptr,
@@ -217,7 +238,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "l2norm_sum_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Layout l = layout_of(a, kBlock<scalar_t>);
+    const Layout l = layout_of(a, cl ? kBlock<scalar_t> : nchw_block<scalar_t>(a.size(1)));
     const int64_t num_blocks = l.batch * l.blocks_per_image;
     const int64_t chunk_blocks = std::max<int64_t>(1, (num_blocks + kMaxChunks - 1) / kMaxChunks);
     const int64_t num_chunks = num_blocks == 0 ? 0 : (num_blocks + chunk_blocks - 1) / chunk_blocks;
