@@ -105,3 +105,18 @@ def test_deepforest_tiles_keep_boxes_mostly_inside_and_mark_the_rest_crowd():
     targets, crowd = tile_annotations(boxes, 128, 0, 128)
     assert targets == [[0.0, 0.0, 12.0, 20.0]] and crowd == [[0.0, 50.0, 2.0, 10.0]]
     assert tile_annotations(np.zeros((0, 4)), 0, 0, 128) == ([], [])
+
+
+def test_end_to_end_quick_train_and_infer(tmp_path, capsys):
+    from benchmarks import end_to_end
+
+    # --compile-modes '': the compiled rows take a compile of their own (tests/test_compile.py
+    # covers torch.compile of the detector).
+    assert end_to_end.main(["--device", "cpu", "--quick", "--sections", "train,infer",
+                            "--compile-modes", "", "--out", str(tmp_path)]) == 0
+    (json_path,) = tmp_path.glob("cpu-*-end-to-end-quick.json")
+    results = json.loads(json_path.read_text())["results"]
+    assert {(r["section"], r["mode"]) for r in results} >= {("train", "eager"), ("infer", "eager")}
+    for r in results:
+        if r["backend"] != "torchvision":
+            assert r["status"] == "ok" and r["images_per_s"] > 0, r
