@@ -57,7 +57,7 @@ def eager_runner(model, amp_dtype: torch.dtype | None = None) -> Runner:
 
 
 def compiled_runner(model, mode: str | None = None, amp_dtype: torch.dtype | None = None,
-                    dynamic: bool | None = False) -> Runner:
+                    dynamic: bool | None = False, backend: str = "inductor") -> Runner:
     """Backbone, heads and post-processing as one ``torch.compile`` graph.
 
     ``mode``: ``None`` (default), ``"max-autotune-no-cudagraphs"``, ``"reduce-overhead"`` (CUDA
