@@ -111,12 +111,14 @@ if ((built)); then
 
   # Training: a short real run (images/s in its log), the same under torchrun, a resume from the
   # first run's checkpoint to a later step, tiled detection of a large image with its weights.
-  STEP_GREP='images_per_s|images/s|Error|error'
-  step "train $PRESET" 120 "$PY" -m mdssd.train "${TRAIN_ARGS[@]}" --steps "$STEPS" --out-dir "$WORK/run"
-  step "train torchrun" 75 "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 \
-    -m mdssd.train "${TRAIN_ARGS[@]}" --steps "$DDP_STEPS" --out-dir "$WORK/ddp"
-  step "train resume" 50 "$PY" -m mdssd.train "${TRAIN_ARGS[@]}" --steps "$RESUME_STEPS" \
-    --out-dir "$WORK/run" --resume auto
+  # images/s: the last train_log.csv line's images_per_s (the logged steps' mean rate).
+  STEP_GREP='images/s|Error|error'
+  rate() { echo "tail -1 $1/train_log.csv | awk -F, '{print \"step \" \$1 \": \" \$7 \" images/s\"}'"; }
+  step "train $PRESET" 120 bash -c "$PY -m mdssd.train ${TRAIN_ARGS[*]} --steps $STEPS --out-dir $WORK/run && $(rate "$WORK/run")"
+  step "train torchrun" 75 bash -c "$PY -m torch.distributed.run --standalone --nproc-per-node 1 \
+    -m mdssd.train ${TRAIN_ARGS[*]} --steps $DDP_STEPS --out-dir $WORK/ddp && $(rate "$WORK/ddp")"
+  step "train resume" 50 bash -c "$PY -m mdssd.train ${TRAIN_ARGS[*]} --steps $RESUME_STEPS \
+    --out-dir $WORK/run --resume auto && $(rate "$WORK/run")"
   STEP_GREP='detections|wrote|Error|error'
   step "tiled detect" 60 bash -c "$PY -c 'import numpy as np, PIL.Image as I; \
     I.fromarray(np.random.default_rng(0).integers(0, 255, ($BIG, $BIG, 3), dtype=np.uint8)).save(\"$WORK/large.png\")' && \

@@ -5,9 +5,11 @@ times of ``benchmarks.kernels`` (one contestant after the other) do not.
 
     python -m benchmarks.interleaved [--ops l2norm_sum,match_encode] [--repeats 24]
     OMP_NUM_THREADS=1 python -m benchmarks.interleaved      # the code alone, no thread effects
+    python -m benchmarks.interleaved --ops train_step --repeats 6   # mdssd300 step: ext vs reference
 
 Prints one line per workload: median ours, median compiled, compiled/ours (above 1: ours is
-faster), with the load average before and after. Inputs as in benchmarks.kernels
+faster; ``train_step``: one mdssd300 training step at batch 1, float32, on the ``ext`` backend as
+"ours" and the ``reference`` backend in the other column), with the load average before and after. Inputs as in benchmarks.kernels
 (inputs.fusion_maps, inputs.ground_truth), rotated over 4 sets.
 """
 
@@ -78,6 +80,21 @@ def match_rows(repeats: int):
             {"ours": lambda s: ops.match_encode(*s), "compiled": lambda s: compiled(*s)}, sets, repeats)
 
 
+def train_step_rows(repeats: int):
+    from mdssd.model import build_model
+
+    from .end_to_end import NUM_CLASSES, _mdssd_step, sample_batch
+
+    data, _ = sample_batch(1, 300, "cpu")
+    steps = {}
+    for name, backend in (("ours", "ext"), ("compiled", "reference")):
+        torch.manual_seed(0)
+        model = build_model("mdssd300", num_classes=NUM_CLASSES, backend=backend).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+        steps[name] = _mdssd_step(model, optimizer, data, "cpu", "fp32")
+    yield "train_step", "mdssd300 B=1 fp32: ext | reference backend", _interleave(steps, [None], repeats)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.interleaved", description=__doc__.splitlines()[0])
     parser.add_argument("--ops", default="l2norm_sum,match_encode")
@@ -94,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(l2norm_rows(args.repeats))
     if "match_encode" in args.ops:
         rows.append(match_rows(args.repeats))
+    if "train_step" in args.ops:
+        rows.append(train_step_rows(args.repeats))
     for gen_rows in rows:
         for op, name, med in gen_rows:
             print(f"| {op} | {name} | {med['ours'] * 1e3:.3f} ms | {med['compiled'] * 1e3:.3f} ms | "
