@@ -1,11 +1,16 @@
 """End-to-end throughput: training steps, inference with post-processing, and the data loader.
 
     python -m benchmarks.end_to_end [--device cpu|cuda] [--quick] [--out DIR] [--sections train,infer,data]
+                                    [--compile-modes default,max-autotune-no-cudagraphs] [--models mdssd300,ssd300]
 
 Training step = forward + MultiBox loss + backward + SGD (momentum 0.9, weight decay 5e-4) for
 mdssd300 and ssd300 on the ``ext`` and ``reference`` backends, float32 and bfloat16 autocast, and
 torchvision's ``ssd300_vgg16`` where importable. Inference = forward + ``model.postprocess`` at
-batch 1 and 32 (CPU: smaller), eager, and on CUDA also a CUDA graph and ``torch.compile``.
+batch 1 and 32 (CPU: smaller), eager, ``torch.compile`` (mdssd.cuda_graphs.compiled_runner) and on
+CUDA a CUDA graph (mdssd.cuda_graphs.CudaGraphRunner). The ``ext`` training step is also timed with
+the detector compiled (mdssd.train.compile_model, as ``python -m mdssd.train --compile``) in each
+of ``--compile-modes``; the compile time (first steps less an eager step) is in the note, with the
+number of steps after which compiling pays.
 Data = images/s out of a ``DataLoader`` over the synthetic training set with SSD augmentation.
 On CUDA the training rows also give the model FLOPs utilisation: FLOPs of one step (counted by
 ``torch.utils.flop_counter``) per second over the measured matrix-multiply rate.
@@ -54,6 +59,7 @@ class Result:
     achieved_tflops: float | None = None
     mfu: float | None = None
     reason: str | None = None
+    compile_s: float | None = None
 
 
 def _autocast(device: str, precision: str, cache: bool = True):
@@ -143,8 +149,19 @@ def _torchvision_step(model, optimizer, data, device, precision, image_size):
     return step
 
 
-def training(device: str, batch: int, precisions, models, backends, settings, rates) -> list[Result]:
+def _compile_note(compile_s: float, eager_ms: float | None, compiled_ms: float) -> str:
+    note = f"compile {compile_s:.0f} s"
+    if eager_ms and compiled_ms < eager_ms:
+        note += f"; pays after {compile_s / ((eager_ms - compiled_ms) * 1e-3):,.0f} calls"
+    elif eager_ms:
+        note += "; never pays (not faster than eager)"
+    return note
+
+
+def training(device: str, batch: int, precisions, models, backends, settings, rates,
+             compile_modes=()) -> list[Result]:
     from mdssd.model import build_model
+    from mdssd.train import compile_model
 
     results = []
     batches: dict[int, dict] = {}
@@ -161,35 +178,53 @@ def training(device: str, batch: int, precisions, models, backends, settings, ra
         configs.append((TORCHVISION_SSD, "torchvision"))
     for model_name, backend in configs:
         for precision in precisions:
-            base = Result("train", model_name, backend, precision, batch, "eager")
-            try:
-                torch.manual_seed(0)
-                if backend == "torchvision":
-                    model = torchvision_ssd(device).train()
-                    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
-                    step = _torchvision_step(model, optimizer, data_for(300), device, precision, 300)
-                else:
-                    model = build_model(model_name, num_classes=NUM_CLASSES, backend=backend).to(device).train()
-                    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
-                    step = _mdssd_step(model, optimizer, data_for(model.config.image_size), device, precision)
-                timing = harness.measure(step, [None], device, **settings)
-                result = _finish(base, timing)
+            modes = ["eager"] + ([f"torch.compile {m}" for m in compile_modes] if backend == "ext" else [])
+            eager_ms = None
+            for mode in modes:
+                base = Result("train", model_name, backend, precision, batch, mode)
+                try:
+                    torch.manual_seed(0)
+                    if backend == "torchvision":
+                        model = torchvision_ssd(device).train()
+                        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+                        step = _torchvision_step(model, optimizer, data_for(300), device, precision, 300)
+                    else:
+                        model = build_model(model_name, num_classes=NUM_CLASSES, backend=backend).to(device).train()
+                        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+                        step = _mdssd_step(model, optimizer, data_for(model.config.image_size), device, precision)
+                    compile_s = None
+                    if mode != "eager":
+                        torch._dynamo.reset()
+                        compile_model(model, mode.split()[-1])
+                        t0 = time.perf_counter()
+                        for _ in range(2):  # forward+backward compile; a second call for guards
+                            step(None)
+                        harness.synchronize(device)
+                        compile_s = time.perf_counter() - t0
+                    timing = harness.measure(step, [None], device, **settings)
+                    result = _finish(base, timing)
+                    if mode == "eager":
+                        eager_ms = timing.median_ms
+                    else:
+                        compile_s = max(0.0, compile_s - 2 * timing.median_ms * 1e-3)
+                        result = dataclasses.replace(result, compile_s=compile_s,
+                                                     reason=_compile_note(compile_s, eager_ms, timing.median_ms))
+                    if device == "cuda" and mode == "eager":
+                        key = (model_name, precision)
+                        if key not in flops_cache:  # the FLOPs do not depend on the backend
+                            flops_cache[key] = count_flops(lambda: step(None))
+                        flops = flops_cache[key]
+                        achieved = flops / (timing.median_ms * 1e-3)
+                        result = dataclasses.replace(
+                            result, flops_per_image=flops / batch, achieved_tflops=achieved / 1e12,
+                            mfu=achieved / rates["bf16" if precision == "bf16" else "fp32"])
+                    results.append(result)
+                    del model, optimizer, step
+                except Exception as error:  # reported in the table, never dropped
+                    results.append(_error(base, error))
+                print(_line(results[-1]), flush=True)
                 if device == "cuda":
-                    key = (model_name, precision)
-                    if key not in flops_cache:  # the FLOPs do not depend on the backend
-                        flops_cache[key] = count_flops(lambda: step(None))
-                    flops = flops_cache[key]
-                    achieved = flops / (timing.median_ms * 1e-3)
-                    result = dataclasses.replace(
-                        result, flops_per_image=flops / batch, achieved_tflops=achieved / 1e12,
-                        mfu=achieved / rates["bf16" if precision == "bf16" else "fp32"])
-                results.append(result)
-                del model, optimizer, step
-            except Exception as error:  # reported in the table, never dropped
-                results.append(_error(base, error))
-            print(_line(results[-1]), flush=True)
-            if device == "cuda":
-                torch.cuda.empty_cache()
+                    torch.cuda.empty_cache()
     return results
 
 
@@ -222,7 +257,8 @@ def _torchvision_images(images: torch.Tensor) -> list[torch.Tensor]:
     return [img * std + mean for img in images]
 
 
-def inference(device: str, batches, precisions, models, settings) -> list[Result]:
+def inference(device: str, batches, precisions, models, settings, compile_modes=("default",)) -> list[Result]:
+    from mdssd.cuda_graphs import CudaGraphRunner, compiled_runner
     from mdssd.model import build_model
 
     results = []
@@ -251,21 +287,36 @@ def inference(device: str, batches, precisions, models, settings) -> list[Result
                             loc, conf = model(x)
                         return model.postprocess(loc, conf)
 
-                modes = ["eager"] + (["cuda graph", "torch.compile"] if device == "cuda" and backend == "ext" else [])
+                modes = ["eager"]
+                if backend == "ext":
+                    modes += [f"torch.compile {m}" for m in compile_modes]
+                    modes += ["cuda graph"] if device == "cuda" else []
+                amp = torch.bfloat16 if precision == "bf16" else None
+                eager_ms = None
                 for mode in modes:
                     base = Result("infer", model_name, backend, precision, batch, mode)
                     try:
+                        compile_s = None
                         if mode == "eager":
                             fn = detect
-                        elif mode == "torch.compile":
+                        elif mode.startswith("torch.compile"):
                             torch._dynamo.reset()
-                            fn = torch.compile(detect)
+                            m = mode.split()[-1]
+                            fn = compiled_runner(model, mode=None if m == "default" else m, amp_dtype=amp)
+                            t0 = time.perf_counter()
                             fn(images)  # compile outside the timing
+                            harness.synchronize(device)
+                            compile_s = time.perf_counter() - t0
                         else:
-                            fn = _graphed(detect, images)
+                            fn = CudaGraphRunner(model, batch, amp_dtype=amp)
+                            fn(images)  # capture outside the timing
                         timing = harness.measure(lambda _: fn(images), [None], device, **settings)
-                        results.append(dataclasses.replace(_finish(base, timing),
-                                                           reason=_detections_note(fn(images))))
+                        note = _detections_note(fn(images))
+                        if mode == "eager":
+                            eager_ms = timing.median_ms
+                        if compile_s is not None:
+                            note += "; " + _compile_note(compile_s, eager_ms, timing.median_ms)
+                        results.append(dataclasses.replace(_finish(base, timing), reason=note, compile_s=compile_s))
                     except Exception as error:
                         results.append(_error(base, error))
                     print(_line(results[-1]), flush=True)
@@ -273,27 +324,6 @@ def inference(device: str, batches, precisions, models, settings) -> list[Result
         if device == "cuda":
             torch.cuda.empty_cache()
     return results
-
-
-def _graphed(fn, example: torch.Tensor):
-    """``fn`` captured in a CUDA graph on a static input: replays copy the new images in and run
-    forward + post-processing as one launch."""
-    static_in = example.clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):  # warm-up on a side stream, as capture requires
-            fn(static_in)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = fn(static_in)
-
-    def replay(x):
-        static_in.copy_(x)
-        graph.replay()
-        return static_out
-    return replay
 
 
 def _detections_note(out) -> str:
@@ -368,7 +398,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one small configuration per section (a smoke run)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--sections", default="train,infer,data")
+    parser.add_argument("--compile-modes", default="default",
+                        help="torch.compile modes timed for the ext backend (comma-separated; '' for none), "
+                        "e.g. default,max-autotune-no-cudagraphs")
+    parser.add_argument("--models", default="mdssd300,ssd300", help="comma-separated presets")
+    parser.add_argument("--precisions", default=None, help="comma-separated subset of fp32,bf16")
     args = parser.parse_args(argv)
+    compile_modes = tuple(m for m in args.compile_modes.split(",") if m)
     sections = set(args.sections.split(","))
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is available")
@@ -389,7 +425,9 @@ def main(argv: list[str] | None = None) -> int:
         # Without bf16 instructions autocast's bf16 convolutions are emulated and a training
         # step takes minutes: such CPUs run float32 only, and the table says so.
         precisions = ("fp32", "bf16") if _cpu_has_bf16() else ("fp32",)
-    models, backends = ("mdssd300", "ssd300"), ("ext", "reference")
+    models, backends = tuple(args.models.split(",")), ("ext", "reference")
+    if args.precisions:
+        precisions = tuple(p for p in args.precisions.split(",") if p in precisions or device == "cuda")
     if args.quick:
         settings = dict(budget_s=0.0, min_repeats=1, max_repeats=1, warmup=1)
         train_batch, infer_batches, loader = 1, (1,), (2, (0,), 1)
@@ -422,9 +460,10 @@ def main(argv: list[str] | None = None) -> int:
         results.append(Result("train", "all", "-", "bf16", train_batch, "eager", status="skipped",
                               reason="this CPU has no bf16 instructions (avx512_bf16/amx_bf16)"))
     if "train" in sections:
-        results += training(device, train_batch, precisions, models, backends, settings, rates)
+        results += training(device, train_batch, precisions, models, backends, settings, rates, compile_modes)
     if "infer" in sections:
-        results += inference(device, infer_batches, precisions if device == "cuda" else ("fp32",), models, settings)
+        results += inference(device, infer_batches, precisions if device == "cuda" else ("fp32",), models,
+                             settings, compile_modes)
     if "data" in sections:
         batch, workers, n = loader
         results += data_loading(device, batch, workers, n)

@@ -589,6 +589,12 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     allocator = harness.pin_allocator()
+    # The backward rows replay one compiled graph's backward (retain_graph=True); torch >= 2.13
+    # compiles backwards with donated buffers, which refuse that ("compiled with non-empty
+    # donated buffers").
+    import torch._functorch.config as functorch_config
+
+    functorch_config.donated_buffer = False
     info = harness.DeviceInfo.collect(args.device)
     s = settings_for(args.device, args.quick)
     bandwidth = harness.copy_bandwidth(args.device, info.cache_bytes)

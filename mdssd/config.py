@@ -123,6 +123,12 @@ class TrainConfig:
     # torch.set_num_threads on CPU; null: the cores (shared by the local ranks) less one per data
     # worker, or OMP_NUM_THREADS when set.
     threads: Optional[int] = None
+    # torch.compile the detector's forward (and with it its backward); our ops stay single graph
+    # nodes. Off by default: on a 2-core CPU compiling takes longer than it saves in a short run
+    # (benchmarks/results/*end-to-end*.md).
+    compile: bool = False
+    # torch.compile mode: default | max-autotune-no-cudagraphs | reduce-overhead | max-autotune
+    compile_mode: str = "default"
 
     # --- evaluation, logging, checkpoints
     # Where checkpoints and logs go; null: runs/<preset>.
@@ -183,6 +189,7 @@ _CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "amp": ("auto", "off", "bf16", "fp16"),
     "tile_merge": ("nms", "ios"),
+    "compile_mode": ("default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune"),
 }
 
 
@@ -364,6 +371,8 @@ FIELD_HELP: dict[str, str] = {
     "amp": "mixed precision: auto (bf16 or fp16 on a GPU, off on CPU), off, bf16 or fp16",
     "channels_last": "NHWC memory format (null: on CUDA, off on CPU)",
     "threads": "CPU intra-op threads (null: the cores less one per data worker, or OMP_NUM_THREADS)",
+    "compile": "torch.compile the detector's forward and backward (compiles for a minute or more first)",
+    "compile_mode": "torch.compile mode: default, max-autotune-no-cudagraphs, reduce-overhead or max-autotune",
     "out_dir": "folder for checkpoints and logs (null: runs/<preset>)",
     "eval_interval": "evaluate every N steps (0: only at the end, which always evaluates)",
     "checkpoint_interval": "write last.pt every N steps (0: only at evaluations and at the end)",

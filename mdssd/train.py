@@ -463,6 +463,16 @@ def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     return groups
 
 
+def compile_model(model: torch.nn.Module, mode: str = "default", backend: str = "inductor") -> None:
+    """``torch.compile`` the model's forward in place (``nn.Module.compile``: parameters, state
+    dict keys and checkpoints stay those of the eager model); autograd compiles its backward.
+    Our ops stay single nodes of the graph (fake kernels and autograd in mdssd.ops); the loss
+    (matching, hard negative mining, value checks) stays eager. ``backend="aot_eager"`` traces
+    the same graphs without generating code (the tests use it: inductor's C++ compile of the
+    detector takes minutes on a 2-core CPU)."""
+    model.compile(mode=None if mode == "default" else mode, backend=backend)
+
+
 def setup_run(cfg: TrainConfig, info: distributed.DistInfo) -> Run:
     """Data, model, optimizer, schedule and loaders, restored from a checkpoint when resuming."""
     device, amp_dtype, memory_format = _runtime(cfg, info)
@@ -484,6 +494,8 @@ def setup_run(cfg: TrainConfig, info: distributed.DistInfo) -> Run:
     if cfg.pretrained_backbone:
         _load_backbone(model, cfg.pretrained_backbone)
     model.to(device=device, memory_format=memory_format)
+    if cfg.compile:
+        compile_model(model, cfg.compile_mode)
 
     optimizer = torch.optim.SGD(param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)

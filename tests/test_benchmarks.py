@@ -143,3 +143,18 @@ def test_gigapixel_geotiff_is_written_tile_by_tile_with_its_ground_truth(tmp_pat
     ours = [{"bbox": list(map(float, b)), "score": 0.9, "label": int(l)} for b, l in zip(truth["boxes"], truth["labels"])]
     assert gigapixel.agreement(ours, ours) == (1.0, 1.0)
     assert gigapixel.voc_map(ours, truth, 1100) == pytest.approx(1.0)
+
+
+def test_end_to_end_quick_train_and_infer(tmp_path, capsys):
+    from benchmarks import end_to_end
+
+    # --compile-modes '': the compiled rows take a compile of their own (tests/test_compile.py
+    # covers torch.compile of the detector).
+    assert end_to_end.main(["--device", "cpu", "--quick", "--sections", "train,infer",
+                            "--compile-modes", "", "--out", str(tmp_path)]) == 0
+    (json_path,) = tmp_path.glob("cpu-*-end-to-end-quick.json")
+    results = json.loads(json_path.read_text())["results"]
+    assert {(r["section"], r["mode"]) for r in results} >= {("train", "eager"), ("infer", "eager")}
+    for r in results:
+        if r["backend"] != "torchvision":
+            assert r["status"] == "ok" and r["images_per_s"] > 0, r

@@ -5,7 +5,7 @@
 // computed as sa[c] * (a[c] * (1 / na)): the unit vector first, so that no product of a scale
 // and a tiny value rounds in the subnormal range (as (sa[c] * a[c]) / na would).
 //
-// Work is split into blocks of up to kBlock pixels of one image; every block reads each input
+// Work is split into blocks of up to kMaxBlock pixels of one image (nchw_block); every block reads each input
 // element from memory once (a second pass over the block hits the cache). Accumulation is
 // float32 for half/bfloat16/float32 inputs and float64 for float64 (at::opmath_type).
 //
@@ -27,15 +27,26 @@
 // sums, which are then added in chunk order, so the result does not depend on the thread count.
 //
 // Two loop orders, one per memory format, so that the innermost loop always walks contiguous
-// memory and the compiler vectorises it: NCHW walks the pixels of one channel, channels_last the
-// channels of one pixel. Sums along the innermost loop use kLanes independent partial sums
-// (compilers do not reorder a plain float sum into vector lanes without -ffast-math); the order
-// is fixed, so results stay bitwise reproducible. Other strides are made contiguous first.
+// memory and vectorises: NCHW walks the pixels of a block per channel (the loop order
+// torch.compile generates for the reference: a pixel vector's norms accumulated over the
+// channels), channels_last the channels of one pixel. Sums along the innermost loop use kLanes
+// independent partial sums (compilers do not reorder a plain float sum into vector lanes without
+// -ffast-math); the order is fixed, so results stay bitwise reproducible. Other strides are made
+// contiguous first.
+//
+// Vector width: the extension is built for baseline x86-64 (SSE2: 4 floats a register), which
+// left these loops 2-5x slower per element than torch.compile's AVX-512 code. The loops
+// (l2norm_sum_kernels.inc) are compiled three times in this file, for SSE2, AVX2 and AVX-512,
+// and the widest the CPU has runs (cpu/isa.h); all three give bitwise equal results.
+//
+// Threads: small maps go parallel too (the compiled reference uses every thread at every size):
+// chunks hold kL2normChunkNs of single-thread work rather than parallel.h's default kChunkNs.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -43,20 +54,44 @@
 #include <type_traits>
 #include <vector>
 
+#include <unistd.h>
+
 #include "checks.h"
+#include "cpu/isa.h"
 #include "cpu/parallel.h"
 
 namespace mdssd {
 namespace {
 
-// Pixels per block: 256 bytes of one channel (64 float32, 128 bfloat16/float16, 32 float64).
-// Measured on a 2-core EPYC (512 KB L2 per core) at 256 channels: 128 float32 pixels make the
-// backward slower (its three inputs no longer stay in L2 for the second pass); 64 bfloat16
-// pixels are ~1.5x slower than 128.
+// Pixels per block: channels_last 256 bytes of one channel (64 float32, 128 bfloat16/float16,
+// 32 float64). NCHW: as many pixels as keep the backward's block (3 inputs x C channels) in half
+// of the L2 cache, between 256 and 1024 bytes per channel row: longer rows stream better (fewer
+// strided segments per block), but the second pass must find the block in L2. Measured on a
+// 2-core EPYC (512 KB L2 per core) at 256 channels: 128 float32 pixels made the backward slower
+// there (256 bytes are chosen); a 2 MB L2 (Xeon) takes 1024-byte rows.
 template <typename T>
 constexpr int64_t kBlock = 256 / static_cast<int64_t>(sizeof(T));
-constexpr int64_t kBlocksPerChunk = 16;   // blocks per partial sum of the scale gradients
-constexpr int kLanes = 8;                 // partial sums per vectorised reduction
+template <typename T>
+constexpr int64_t kMaxBlock = 4 * kBlock<T>;
+
+int64_t l2_cache_bytes() {
+  static const int64_t bytes = [] {
+    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return v > 0 ? static_cast<int64_t>(v) : int64_t(512) << 10;
+  }();
+  return bytes;
+}
+
+template <typename T>
+int64_t nchw_block(int64_t channels) {
+  const int64_t fit = l2_cache_bytes() / 2 / (3 * std::max<int64_t>(1, channels) * static_cast<int64_t>(sizeof(T)));
+  const int64_t px = std::clamp(fit, kBlock<T>, kMaxBlock<T>);
+  return px / kBlock<T> * kBlock<T>;
+}
+// The backward's scale-gradient partial sums: the blocks are cut into at most kMaxChunks chunks
+// of equal size (a function of the shape only, never of the thread count), each summed on its
+// own and then added in chunk order.
+constexpr int64_t kMaxChunks = 64;
 
 // The tiny-eps scaling (see the top of the file): pixels with n below the smallest normal number
 // are scaled by m = 2^64 (float) or 2^512 (double), so that 1 / (n m) is finite.
@@ -70,48 +105,6 @@ bool is_tiny_eps(acc_t eps) {
   return eps < std::numeric_limits<acc_t>::min();
 }
 
-// For a pixel with clamped norm n: the scale m (1 unless the tiny-eps loops apply it) and
-// 1 / (n m). Left as plain 1/n otherwise, so that the usual loops do not change.
-template <bool kTiny, typename acc_t>
-inline acc_t inverse_norm(acc_t n, acc_t& pre) {
-  pre = kTiny && n < std::numeric_limits<acc_t>::min() ? kTinyScale<acc_t> : acc_t(1);
-  return acc_t(1) / (kTiny ? n * pre : n);
-}
-
-// sum_{i < n} term(i) as kLanes interleaved partial sums added pairwise at the end.
-template <typename acc_t, typename Term>
-inline acc_t lane_sum(int64_t n, const Term& term) {
-  acc_t lane[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) lane[j] += term(i + j);
-  for (int j = 0; i + j < n; ++j) lane[j] += term(i + j);
-  for (int width = kLanes / 2; width > 0; width /= 2)
-    for (int j = 0; j < width; ++j) lane[j] += lane[j + width];
-  return lane[0];
-}
-
-// Conversions between the storage type and the accumulation type. bfloat16 (the CPU autocast
-// type) is converted with plain integer operations, which the compiler vectorises (c10's
-// conversion is not): the same values, round-to-nearest-even and a quiet NaN as c10 does.
-template <typename T>
-inline at::opmath_type<T> to_acc(T v) { return static_cast<at::opmath_type<T>>(v); }
-inline float to_acc(c10::BFloat16 v) {
-  const uint32_t bits = static_cast<uint32_t>(v.x) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-template <typename T>
-inline T from_acc(at::opmath_type<T> v) { return static_cast<T>(v); }
-template <>
-inline c10::BFloat16 from_acc<c10::BFloat16>(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof bits);
-  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-  return c10::BFloat16(static_cast<uint16_t>(f != f ? 0x7FC0u : rounded), c10::BFloat16::from_bits());
-}
-
 struct Layout {
   int64_t batch, channels, pixels, block, blocks_per_image;
   // Element offset of pixel p0 of image n (channel 0).
@@ -120,13 +113,16 @@ struct Layout {
   }
 };
 
-// Blocks per chunk for a measured cost per element (python -m benchmarks.grains): a loop goes
-// parallel from two chunks of work (parallel.h), so small maps run on the calling thread.
-// Measured single-thread ns per element on [1,256,38,38] (cache-resident, so the lower end:
-// chunks come out larger, never too small): forward / backward, 2-byte / 4-byte types.
-constexpr double kFwdNs16 = 1.2, kFwdNs32 = 0.37, kBwdNs16 = 3.3, kBwdNs32 = 4.8;
+// Single-thread work per parallel chunk: 100 us rather than parallel.h's 500 us, so that maps of
+// 0.2-1 ms (one image at 38x38, a batch at 19x19) use both cores as the compiled reference does.
+// Beside a busy neighbour the back-off of parallel.cpp falls back to one thread.
+constexpr double kL2normChunkNs = 100e3;
+// Measured single-thread ns per element of the vectorised loops (python -m benchmarks.grains,
+// AVX-512, [1,256,38,38], cache-resident, so the lower end): forward / backward, 2-byte / 4-byte.
+constexpr double kFwdNs16 = 0.25, kFwdNs32 = 0.25, kBwdNs16 = 0.6, kBwdNs32 = 0.6;
 int64_t grain_blocks(const Layout& l, double ns_per_element) {
-  return grain_for(ns_per_element * static_cast<double>(std::max<int64_t>(1, l.block * l.channels)));
+  const double per_block = ns_per_element * static_cast<double>(std::max<int64_t>(1, l.block * l.channels));
+  return grain_for(per_block, kL2normChunkNs);
 }
 
 Layout layout_of(const at::Tensor& t, int64_t block) {
@@ -149,170 +145,53 @@ struct Args {
   int64_t channels, pixels;   // pixels: the channel stride in NCHW
 };
 
-// ---- forward ---------------------------------------------------------------------------------
+// ---- the loops, once per instruction set ------------------------------------------------------
+// Every header is included above: only the code of the .inc file is compiled for the target.
+
+namespace sse2 {
+#include "cpu/l2norm_sum_kernels.inc"
+}  // namespace sse2
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+namespace avx2 {
+#include "cpu/l2norm_sum_kernels.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,prefer-vector-width=512")
+namespace avx512 {
+#include "cpu/l2norm_sum_kernels.inc"
+}  // namespace avx512
+#pragma GCC pop_options
+#define MDSSD_L2NORM_WIDE 1
+#endif
 
 template <bool kTiny, typename scalar_t>
-void forward_block_nchw(const Args<scalar_t>& p, int64_t base, int64_t np) {
-  using acc_t = at::opmath_type<scalar_t>;
-  acc_t ia[kBlock<scalar_t>] = {}, ib[kBlock<scalar_t>] = {};
-  acc_t pa[kBlock<scalar_t>], pb[kBlock<scalar_t>];  // tiny-eps scales (kTiny only)
-  for (int64_t c = 0; c < p.channels; ++c) {
-    const scalar_t* x = p.a + base + c * p.pixels;
-    const scalar_t* y = p.b + base + c * p.pixels;
-    for (int64_t i = 0; i < np; ++i) {
-      const acc_t xv = to_acc(x[i]), yv = to_acc(y[i]);
-      ia[i] += xv * xv;
-      ib[i] += yv * yv;
-    }
+void run_forward_blocks(const Args<scalar_t>& p, const Layout& l, bool cl, int64_t begin, int64_t end) {
+#ifdef MDSSD_L2NORM_WIDE
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return avx512::forward_blocks<kTiny>(p, l, cl, begin, end);
+    case Isa::kAvx2: return avx2::forward_blocks<kTiny>(p, l, cl, begin, end);
+    default: break;
   }
-  for (int64_t i = 0; i < np; ++i) {
-    ia[i] = inverse_norm<kTiny>(std::max(std::sqrt(ia[i]), p.eps), pa[i]);
-    ib[i] = inverse_norm<kTiny>(std::max(std::sqrt(ib[i]), p.eps), pb[i]);
-  }
-  for (int64_t c = 0; c < p.channels; ++c) {
-    const int64_t off = base + c * p.pixels;
-    const acc_t sa = p.sa[c], sb = p.sb[c];
-    if constexpr (kTiny) {
-      for (int64_t i = 0; i < np; ++i)
-        p.out_a[off + i] = from_acc<scalar_t>(sa * ((to_acc(p.a[off + i]) * pa[i]) * ia[i]) +
-                                              sb * ((to_acc(p.b[off + i]) * pb[i]) * ib[i]));
-    } else {
-      for (int64_t i = 0; i < np; ++i)
-        p.out_a[off + i] = from_acc<scalar_t>(sa * (to_acc(p.a[off + i]) * ia[i]) +
-                                              sb * (to_acc(p.b[off + i]) * ib[i]));
-    }
-  }
+#endif
+  sse2::forward_blocks<kTiny>(p, l, cl, begin, end);
 }
 
 template <bool kTiny, typename scalar_t>
-void forward_block_channels_last(const Args<scalar_t>& p, int64_t base, int64_t np) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t C = p.channels;
-  for (int64_t i = 0; i < np; ++i) {
-    const scalar_t* x = p.a + base + i * C;
-    const scalar_t* y = p.b + base + i * C;
-    const acc_t ssa = lane_sum<acc_t>(C, [&](int64_t c) { const acc_t v = to_acc(x[c]); return v * v; });
-    const acc_t ssb = lane_sum<acc_t>(C, [&](int64_t c) { const acc_t v = to_acc(y[c]); return v * v; });
-    acc_t pa, pb;  // 1 unless kTiny
-    const acc_t ia = inverse_norm<kTiny>(std::max(std::sqrt(ssa), p.eps), pa);
-    const acc_t ib = inverse_norm<kTiny>(std::max(std::sqrt(ssb), p.eps), pb);
-    scalar_t* o = p.out_a + base + i * C;
-    if (kTiny && (pa != acc_t(1) || pb != acc_t(1))) {
-      for (int64_t c = 0; c < C; ++c)
-        o[c] = from_acc<scalar_t>(p.sa[c] * ((to_acc(x[c]) * pa) * ia) +
-                                  p.sb[c] * ((to_acc(y[c]) * pb) * ib));
-    } else {
-      for (int64_t c = 0; c < C; ++c)
-        o[c] = from_acc<scalar_t>(p.sa[c] * (to_acc(x[c]) * ia) + p.sb[c] * (to_acc(y[c]) * ib));
-    }
-  }
-}
-
-// ---- backward --------------------------------------------------------------------------------
-
-// From a pixel's squared norm and t: inv = 1 / (n pre) with the tiny-eps scale pre (1 unless
-// kTiny), and tu = t / n when the norm is live (0 when the clamp holds, so dx = s g / n).
-// pre is 1 whenever the norm is live.
-template <bool kTiny, typename acc_t>
-inline void backward_coefficients(acc_t sumsq, acc_t t, acc_t eps, acc_t& inv, acc_t& tu,
-                                  acc_t& pre) {
-  const acc_t norm = std::sqrt(sumsq);
-  inv = inverse_norm<kTiny>(std::max(norm, eps), pre);
-  tu = norm >= eps ? t * inv : acc_t(0);
-}
-
-// psa/psb: this chunk's scale-gradient partial sums, added to.
-template <bool kTiny, typename scalar_t>
-void backward_block_nchw(const Args<scalar_t>& p, int64_t base, int64_t np,
+void run_backward_blocks(const Args<scalar_t>& p, const Layout& l, bool cl, int64_t begin, int64_t end,
                          at::opmath_type<scalar_t>* psa, at::opmath_type<scalar_t>* psb) {
-  using acc_t = at::opmath_type<scalar_t>;
-  constexpr int64_t n = kBlock<scalar_t>;
-  // inv_*: squared norms, then 1 / (n pre); t*: t, then tu; pre_*: tiny-eps scales.
-  acc_t inv_a[n] = {}, inv_b[n] = {}, ta[n] = {}, tb[n] = {}, pre_a[n], pre_b[n], prod_a[n], prod_b[n];
-  // Pass 1: squared norms and t = sum_k s_k g_k x_k.
-  for (int64_t c = 0; c < p.channels; ++c) {
-    const int64_t off = base + c * p.pixels;
-    const acc_t sa = p.sa[c], sb = p.sb[c];
-    for (int64_t i = 0; i < np; ++i) {
-      const acc_t x = to_acc(p.a[off + i]);
-      const acc_t y = to_acc(p.b[off + i]);
-      const acc_t gr = to_acc(p.g[off + i]);
-      inv_a[i] += x * x;
-      inv_b[i] += y * y;
-      ta[i] += sa * gr * x;
-      tb[i] += sb * gr * y;
-    }
+#ifdef MDSSD_L2NORM_WIDE
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return avx512::backward_blocks<kTiny>(p, l, cl, begin, end, psa, psb);
+    case Isa::kAvx2: return avx2::backward_blocks<kTiny>(p, l, cl, begin, end, psa, psb);
+    default: break;
   }
-  for (int64_t i = 0; i < np; ++i) {
-    backward_coefficients<kTiny>(inv_a[i], ta[i], p.eps, inv_a[i], ta[i], pre_a[i]);
-    backward_coefficients<kTiny>(inv_b[i], tb[i], p.eps, inv_b[i], tb[i], pre_b[i]);
-  }
-  // Pass 2: input gradients and the scale-gradient partial sums.
-  for (int64_t c = 0; c < p.channels; ++c) {
-    const int64_t off = base + c * p.pixels;
-    const acc_t sa = p.sa[c], sb = p.sb[c];
-    if constexpr (kTiny) {
-      for (int64_t i = 0; i < np; ++i) {
-        const acc_t gr = to_acc(p.g[off + i]);
-        const acc_t ua = (to_acc(p.a[off + i]) * pre_a[i]) * inv_a[i];
-        const acc_t ub = (to_acc(p.b[off + i]) * pre_b[i]) * inv_b[i];
-        p.out_a[off + i] = from_acc<scalar_t>((sa * gr - ua * ta[i]) * inv_a[i] * pre_a[i]);
-        p.out_b[off + i] = from_acc<scalar_t>((sb * gr - ub * tb[i]) * inv_b[i] * pre_b[i]);
-        prod_a[i] = gr * ua;
-        prod_b[i] = gr * ub;
-      }
-    } else {
-      for (int64_t i = 0; i < np; ++i) {
-        const acc_t gr = to_acc(p.g[off + i]);
-        const acc_t ua = to_acc(p.a[off + i]) * inv_a[i];  // the unit vector's component
-        const acc_t ub = to_acc(p.b[off + i]) * inv_b[i];
-        p.out_a[off + i] = from_acc<scalar_t>((sa * gr - ua * ta[i]) * inv_a[i]);
-        p.out_b[off + i] = from_acc<scalar_t>((sb * gr - ub * tb[i]) * inv_b[i]);
-        prod_a[i] = gr * ua;
-        prod_b[i] = gr * ub;
-      }
-    }
-    psa[c] += lane_sum<acc_t>(np, [&](int64_t i) { return prod_a[i]; });
-    psb[c] += lane_sum<acc_t>(np, [&](int64_t i) { return prod_b[i]; });
-  }
-}
-
-template <bool kTiny, typename scalar_t>
-void backward_block_channels_last(const Args<scalar_t>& p, int64_t base, int64_t np,
-                                  at::opmath_type<scalar_t>* psa, at::opmath_type<scalar_t>* psb) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t C = p.channels;
-  for (int64_t i = 0; i < np; ++i) {
-    const int64_t off = base + i * C;
-    const scalar_t *x = p.a + off, *y = p.b + off, *gr = p.g + off;
-    const acc_t ssa = lane_sum<acc_t>(C, [&](int64_t c) { return to_acc(x[c]) * to_acc(x[c]); });
-    const acc_t ssb = lane_sum<acc_t>(C, [&](int64_t c) { return to_acc(y[c]) * to_acc(y[c]); });
-    const acc_t ta = lane_sum<acc_t>(C, [&](int64_t c) { return p.sa[c] * to_acc(gr[c]) * to_acc(x[c]); });
-    const acc_t tb = lane_sum<acc_t>(C, [&](int64_t c) { return p.sb[c] * to_acc(gr[c]) * to_acc(y[c]); });
-    acc_t inv_a, inv_b, tua, tub, pre_a, pre_b;
-    backward_coefficients<kTiny>(ssa, ta, p.eps, inv_a, tua, pre_a);
-    backward_coefficients<kTiny>(ssb, tb, p.eps, inv_b, tub, pre_b);
-    scalar_t *da = p.out_a + off, *db = p.out_b + off;
-    if (kTiny && (pre_a != acc_t(1) || pre_b != acc_t(1))) {
-      for (int64_t c = 0; c < C; ++c) {
-        const acc_t gv = to_acc(gr[c]);
-        const acc_t ua = (to_acc(x[c]) * pre_a) * inv_a, ub = (to_acc(y[c]) * pre_b) * inv_b;
-        da[c] = from_acc<scalar_t>((p.sa[c] * gv - ua * tua) * inv_a * pre_a);
-        db[c] = from_acc<scalar_t>((p.sb[c] * gv - ub * tub) * inv_b * pre_b);
-        psa[c] += gv * ua;
-        psb[c] += gv * ub;
-      }
-    } else {
-      for (int64_t c = 0; c < C; ++c) {
-        const acc_t gv = to_acc(gr[c]);
-        const acc_t ua = to_acc(x[c]) * inv_a, ub = to_acc(y[c]) * inv_b;  // the unit vectors
-        da[c] = from_acc<scalar_t>((p.sa[c] * gv - ua * tua) * inv_a);
-        db[c] = from_acc<scalar_t>((p.sb[c] * gv - ub * tub) * inv_b);
-        psa[c] += gv * ua;
-        psb[c] += gv * ub;
-      }
-    }
-  }
+#endif
+  sse2::backward_blocks<kTiny>(p, l, cl, begin, end, psa, psb);
 }
 
 // ---- ops -------------------------------------------------------------------------------------
@@ -328,7 +207,7 @@ at::Tensor forward_cpu(const at::Tensor& a_in, const at::Tensor& b_in, const at:
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "l2norm_sum_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Layout l = layout_of(a, kBlock<scalar_t>);
+    const Layout l = layout_of(a, cl ? kBlock<scalar_t> : nchw_block<scalar_t>(a.size(1)));
     const auto sa_t = scale_a.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const auto sb_t = scale_b.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const Args<scalar_t> p{a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), nullptr,
@@ -338,13 +217,7 @@ at::Tensor forward_cpu(const at::Tensor& a_in, const at::Tensor& b_in, const at:
     auto run = [&](auto tiny) {
       constexpr bool kTiny = decltype(tiny)::value;
       parallel_for(0, l.batch * l.blocks_per_image, grain_blocks(l, ns), [&](int64_t begin, int64_t end) {
-        for (int64_t blk = begin; blk < end; ++blk) {
-          const int64_t p0 = (blk % l.blocks_per_image) * l.block;
-          const int64_t np = std::min(l.block, l.pixels - p0);
-          const int64_t base = l.base(blk / l.blocks_per_image, p0, cl);
-          if (cl) forward_block_channels_last<kTiny>(p, base, np);
-          else forward_block_nchw<kTiny>(p, base, np);
-        }
+        run_forward_blocks<kTiny>(p, l, cl, begin, end);
       });
     };
     if (is_tiny_eps(p.eps)) run(std::true_type{});
@@ -365,9 +238,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "l2norm_sum_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Layout l = layout_of(a, kBlock<scalar_t>);
+    const Layout l = layout_of(a, cl ? kBlock<scalar_t> : nchw_block<scalar_t>(a.size(1)));
     const int64_t num_blocks = l.batch * l.blocks_per_image;
-    const int64_t num_chunks = (num_blocks + kBlocksPerChunk - 1) / kBlocksPerChunk;
+    const int64_t chunk_blocks = std::max<int64_t>(1, (num_blocks + kMaxChunks - 1) / kMaxChunks);
+    const int64_t num_chunks = num_blocks == 0 ? 0 : (num_blocks + chunk_blocks - 1) / chunk_blocks;
     const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
     const auto sa_t = scale_a.to(acc_type).contiguous();
     const auto sb_t = scale_b.to(acc_type).contiguous();
@@ -379,26 +253,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     std::vector<acc_t> partial(num_chunks * 2 * l.channels, acc_t(0));
 
     const double ns = sizeof(scalar_t) == 2 ? kBwdNs16 : kBwdNs32;
-    const int64_t grain = (grain_blocks(l, ns) + kBlocksPerChunk - 1) / kBlocksPerChunk;
+    const int64_t grain = (grain_blocks(l, ns) + chunk_blocks - 1) / chunk_blocks;
     auto run = [&](auto tiny) {
       constexpr bool kTiny = decltype(tiny)::value;
       parallel_for(0, num_chunks, grain, [&](int64_t chunk_begin, int64_t chunk_end) {
         for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
           acc_t* psa = partial.data() + chunk * 2 * l.channels;
-          acc_t* psb = psa + l.channels;
-          const int64_t blk_end = std::min(num_blocks, (chunk + 1) * kBlocksPerChunk);
-          for (int64_t blk = chunk * kBlocksPerChunk; blk < blk_end; ++blk) {
-            const int64_t p0 = (blk % l.blocks_per_image) * l.block;
-            const int64_t np = std::min(l.block, l.pixels - p0);
-            const int64_t base = l.base(blk / l.blocks_per_image, p0, cl);
-            if (cl) backward_block_channels_last<kTiny>(p, base, np, psa, psb);
-            else backward_block_nchw<kTiny>(p, base, np, psa, psb);
-          }
+          const int64_t blk_end = std::min(num_blocks, (chunk + 1) * chunk_blocks);
+          run_backward_blocks<kTiny>(p, l, cl, chunk * chunk_blocks, blk_end, psa, psa + l.channels);
         }
       });
     };
-    if (is_tiny_eps(p.eps)) run(std::true_type{});
-    else run(std::false_type{});
+    if (num_chunks > 0) {
+      if (is_tiny_eps(p.eps)) run(std::true_type{});
+      else run(std::false_type{});
+    }
     auto gsa = at::zeros({l.channels}, sa_t.options());
     auto gsb = at::zeros({l.channels}, sb_t.options());
     acc_t* qa = gsa.data_ptr<acc_t>();

@@ -39,9 +39,10 @@ namespace mdssd {
 // slower at 2 threads than on one); 500 us puts loops under ~1 ms of work on one thread.
 constexpr double kChunkNs = 500e3;
 
-// Items per chunk for a measured single-thread cost per item (nanoseconds).
-inline int64_t grain_for(double ns_per_item) {
-  const double items = kChunkNs / (ns_per_item > 0 ? ns_per_item : 1.0);
+// Items per chunk for a measured single-thread cost per item (nanoseconds); chunk_ns: the
+// single-thread time a chunk should hold (kChunkNs unless a kernel measured another).
+inline int64_t grain_for(double ns_per_item, double chunk_ns = kChunkNs) {
+  const double items = chunk_ns / (ns_per_item > 0 ? ns_per_item : 1.0);
   return items < 1 ? 1 : items > 4e18 ? int64_t(4e18) : static_cast<int64_t>(items);
 }
 
