@@ -105,7 +105,7 @@ def run_kind(kind: str, args, python: str, work: Path) -> list[dict]:
                 runs.append(by_images)
             if "time" in args.budgets:
                 runs.append(yolo("time", budget_mod.equal_time_schedule(
-                    reference["train_wall_s"], by_images["images_seen"], by_images["train_wall_s"],
+                    reference["train_s"], by_images["images_seen"], by_images["train_s"],
                     prep.yolo_train_images), reference["input"]))
             if "gflops" in args.budgets:
                 runs.append(yolo("gflops", schedule, budget_mod.equal_gflops_size(reference["gflops"], gflops[arch])))

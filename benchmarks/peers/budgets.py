@@ -2,7 +2,8 @@
 
 * ``images``: as many training images seen as mdssd's ``steps x batch`` (whole epochs, rounded;
   below one epoch, one epoch over a random subset of that many images, drawn per seed);
-* ``time``: as many as YOLO trains in mdssd's measured training wall time, on the same machine
+* ``time``: as many as YOLO trains in the time mdssd's training loop took (set-up and final
+  evaluation excluded on both sides: their own logs time the loop), on the same machine
   and threads (YOLO's images/s from its ``images`` run of the same seed);
 * ``gflops``: the ``images`` schedule at the input size (a multiple of 32) whose GFLOPs per
   image are closest to mdssd's (ties: the larger size).

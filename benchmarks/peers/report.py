@@ -28,14 +28,14 @@ def row_key(run: dict) -> tuple[str, str]:
 def summarize(runs: Sequence[dict]) -> list[dict[str, Any]]:
     """One row per (contestant, budget), in the order first seen: mean/std over its seeds."""
     keys = [k for k, _ in METRICS] + [f"size:{name}:AP" for name in SIZE_BINS] + [
-        "images_seen", "train_wall_s", "infer_ms_per_image", "sliced_mp_per_s", "input"]
+        "images_seen", "train_s", "infer_ms_per_image", "sliced_mp_per_s", "input"]
     rows: dict[tuple[str, str], list[dict]] = {}
     for run in runs:
         rows.setdefault(row_key(run), []).append(run)
     out = []
     for (contestant, budget), group in rows.items():
         stats = {k: mean_std([_value(r, k) for r in group]) for k in keys}
-        ips = [r["images_seen"] / r["train_wall_s"] for r in group if r["train_wall_s"] > 0]
+        ips = [r["images_seen"] / r["train_s"] for r in group if r["train_s"] > 0]
         stats["train_images_per_s"] = mean_std(ips)
         out.append({"contestant": contestant, "budget": budget, "seeds": sorted(r["seed"] for r in group),
                     "stats": stats})
@@ -70,7 +70,7 @@ def markdown(kind: str, summary: list[dict], settings: dict) -> str:
     for row in summary:
         s = row["stats"]
         cells = [f"`{row['contestant']}`", row["budget"], _num(s["input"], ".0f"), _num(s["images_seen"], ",.0f"),
-                 _num(s["train_wall_s"], ".0f"), _num(s["train_images_per_s"], ".1f")]
+                 _num(s["train_s"], ".0f"), _num(s["train_images_per_s"], ".1f")]
         cells += [_pct(s[k]) for k, _ in METRICS] + [_pct(s[f"size:{b}:AP"]) for b in bins]
         cells += [_num(s["infer_ms_per_image"], ".1f"), _num(s["sliced_mp_per_s"], ".2f")]
         lines.append("| " + " | ".join(cells) + " |")

@@ -66,6 +66,19 @@ def yolo_detections(source, rows_by_file: dict[str, list]) -> list:
     return out
 
 
+def logged_train_seconds(log: Path, steps: int) -> float:
+    """Seconds from the start of the training loop to its last step, as ``train_log.csv`` logged
+    them: without the set-up and the final evaluation (a sliced evaluation of large images takes
+    longer than a short training), as ultralytics' ``results.csv`` times YOLO's epochs."""
+    import csv
+
+    with open(log, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or int(rows[-1]["step"]) != steps:
+        raise ValueError(f"{log}: no row for the last step {steps}")
+    return float(rows[-1]["time_s"])
+
+
 def run_mdssd(prep: Prepared, preset: str, seed: int, steps: int, batch: int, run_dir: Path) -> dict[str, Any]:
     import torch
 
@@ -89,6 +102,7 @@ def run_mdssd(prep: Prepared, preset: str, seed: int, steps: int, batch: int, ru
     train_wall = time.time() - start
     if summary["steps"] != summary["total_steps"]:
         raise RuntimeError(f"{preset} seed {seed}: training stopped at step {summary['steps']}; rerun to continue")
+    train_s = logged_train_seconds(run_dir / "train_log.csv", steps)
     model, _ = load_model(run_dir / "last.pt", device="cpu")
     post = model.config.postprocess
     if (post.score_threshold, post.keep_top_k) != (SCORE_FLOOR, MAX_DETECTIONS):
@@ -108,7 +122,7 @@ def run_mdssd(prep: Prepared, preset: str, seed: int, steps: int, batch: int, ru
         infer = time.perf_counter() - start
     _, totals = summarize(model.config)
     result = {"contestant": preset, "family": "mdssd", "seed": seed, "input": model.config.image_size,
-              "images_seen": steps * batch, "train_wall_s": train_wall, "threads": torch.get_num_threads(),
+              "images_seen": steps * batch, "train_s": train_s, "wall_s": train_wall, "threads": torch.get_num_threads(),
               "infer_ms_per_image": 1e3 * infer / len(source), "gflops": 2 * totals["macs"] / 1e9,
               "loadavg": loadavg(), **score_detections(source, detections)}
     if spec is not None:
@@ -165,7 +179,8 @@ def run_yolo(python: str, prep: Prepared, arch: str, seed: int, schedule: tuple[
     out = run_yolo_job(python, job, run_dir / "job.json", threads)
     source = build_source("coco", prep.coco, "val")
     result = {"contestant": arch, "family": "yolo", "seed": seed, "input": imgsz, "epochs": epochs,
-              "images_seen": out["images_seen"], "train_wall_s": out["train_wall_s"], "threads": threads,
+              "images_seen": out["images_seen"], "train_s": out["train_s"], "wall_s": out["train_wall_s"],
+              "threads": threads,
               "infer_ms_per_image": 1e3 * out["infer_s_per_image"], "loadavg": loadavg(),
               **score_detections(source, yolo_detections(source, out["detections"]))}
     if "sliced_mp_per_s" in out:

@@ -20,6 +20,7 @@ settings file inside the run folder.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sys
@@ -109,7 +110,14 @@ def train(job: dict) -> dict:
     train_wall = time.time() - start
     weights = run / "weights" / "last.pt"
     images = _image_files(Path(job["val_images"]))
-    result = {"train_wall_s": train_wall, "epochs": job["epochs"], "images_seen": job["epochs"] * job["train_images"]}
+    # The training loop's own clock (results.csv "time" at the last epoch: no set-up, no final
+    # validation), as mdssd's train_log.csv times its steps.
+    with open(run / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or int(float(rows[-1]["epoch"])) != job["epochs"]:
+        raise RuntimeError(f"{run / 'results.csv'}: no row for the last epoch {job['epochs']}")
+    result = {"train_wall_s": train_wall, "train_s": float(rows[-1]["time"]), "epochs": job["epochs"],
+              "images_seen": job["epochs"] * job["train_images"]}
     if job.get("tile"):
         result["detections"], result["infer_s_per_image"], result["sliced_mp_per_s"] = _predict_sliced(
             weights, images, job)
