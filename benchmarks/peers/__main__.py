@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     machine = cpu_model()
-    slug = "cpu-" + "-".join(machine.lower().replace("(r)", "").replace("(tm)", "").split()[:3])
+    words = [w for w in machine.lower().replace("(r)", "").replace("(tm)", "").split() if w != "processor"]
+    slug = "cpu-" + "-".join(words[:3]) + f"-{args.threads}thread" + ("s" if args.threads > 1 else "")
     for kind in args.data:
         load_before = loadavg()
         if args.report_only:
