@@ -48,24 +48,33 @@ def write_tiles(src: Path, out: Path, tile: int = 128, val_fraction: float = 0.3
     tile and crown counts per split."""
     from PIL import Image
 
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"--val-fraction must lie in (0, 1), got {val_fraction}")
     image_path, xml = src / f"{IMAGE}.png", src / f"{IMAGE}.xml"
     if not image_path.is_file() or not xml.is_file():
         raise FileNotFoundError(f"{src}: no {IMAGE}.png/.xml (expected the deepforest wheel's deepforest/data folder)")
     width, height, xywh = _boxes(xml)
     boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in xywh], dtype=np.float64).reshape(-1, 4)
-    image = Image.open(image_path).convert("RGB")
-    rows, cols = height // tile, width // tile
-    val_rows = max(1, int(round(rows * val_fraction)))
+    return write_tile_splits(Image.open(image_path).convert("RGB"), boxes, IMAGE, "Tree", out, tile, val_fraction)
+
+
+def write_tile_splits(image, boxes: np.ndarray, stem: str, category: str, out: Path, tile: int = 128,
+                      val_fraction: float = 0.3) -> dict[str, int]:
+    """One annotated image (PIL, ``xyxy`` boxes of one class) as a COCO folder of non-overlapping
+    ``tile`` px tiles: the top rows ``train2017``, the bottom ``val_fraction`` of the rows
+    ``val2017``; returns the tile and object counts per split."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"--val-fraction must lie in (0, 1), got {val_fraction}")
+    rows, cols = image.height // tile, image.width // tile
+    if rows < 2 or cols < 1:
+        raise ValueError(f"{stem}: a {image.width}x{image.height} image holds fewer than 2 rows of {tile} px tiles")
+    val_rows = min(rows - 1, max(1, int(round(rows * val_fraction))))
     counts = {}
     for split, row_range in (("train2017", range(0, rows - val_rows)), ("val2017", range(rows - val_rows, rows))):
         (out / split).mkdir(parents=True, exist_ok=True)
-        coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "Tree"}]}
+        coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": category}]}
         for r in row_range:
             for c in range(cols):
                 x0, y0 = c * tile, r * tile
-                name = f"{IMAGE}_{y0}_{x0}.png"
+                name = f"{stem}_{y0}_{x0}.png"
                 image.crop((x0, y0, x0 + tile, y0 + tile)).save(out / split / name)
                 image_id = len(coco["images"]) + 1
                 coco["images"].append({"id": image_id, "file_name": name, "width": tile, "height": tile})
@@ -77,7 +86,7 @@ def write_tiles(src: Path, out: Path, tile: int = 128, val_fraction: float = 0.3
         (out / "annotations").mkdir(parents=True, exist_ok=True)
         (out / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
         counts[split] = len(coco["images"])
-        counts[f"{split} crowns"] = sum(1 for a in coco["annotations"] if not a["iscrowd"])
+        counts[f"{split} objects"] = sum(1 for a in coco["annotations"] if not a["iscrowd"])
     return counts
 
 
