@@ -126,3 +126,31 @@ def test_torchrun_two_processes_give_the_single_process_outputs(checkpoint, tmp_
     assert len(json.loads((tmp_path / "one" / "detections.json").read_text())) > 300
     for name in ("a.png", "b.png", "c.png"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+def test_a_graph_runner_gives_the_tiled_detections_of_the_model(checkpoint):
+    """The runner that ``detect --cuda-graphs`` plugs in (static buffers, padded last batch; on the
+    CPU without the capture itself) gives the model's own tiled detections."""
+    from mdssd.cuda_graphs import CudaGraphRunner
+
+    image = (np.random.default_rng(1).random((150, 200, 3)) * 255).astype(np.uint8)
+    plain = mdssd.load(checkpoint, device="cpu").predict(image, tile=96, overlap=0.2, batch_size=4)
+    detector = mdssd.load(checkpoint, device="cpu")
+    detector.runner = runner = CudaGraphRunner(detector.model, batch_size=4, capture=False)
+    graphed = detector.predict(image, tile=96, overlap=0.2, batch_size=4)
+    np.testing.assert_array_equal(graphed.boxes, plain.boxes)
+    np.testing.assert_array_equal(graphed.scores, plain.scores)
+    assert runner.fallbacks == 0
+
+
+def test_detect_refuses_compile_and_graphs_it_cannot_use(checkpoint, tmp_path, capsys):
+    from mdssd.detect import main
+
+    image = tmp_path / "x.png"
+    __import__("PIL.Image").Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(image)
+    assert main([str(image), "--weights", str(checkpoint), "--out", str(tmp_path / "o"), "--compile",
+                 "--device", "cpu"]) == 2
+    assert "pass --tile N" in capsys.readouterr().err
+    assert main([str(image), "--weights", str(checkpoint), "--out", str(tmp_path / "o"), "--tile", "32",
+                 "--cuda-graphs", "--device", "cpu"]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
