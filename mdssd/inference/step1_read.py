@@ -28,6 +28,7 @@ Nodata: the GDAL_NODATA tag (a pixel is nodata when every chosen band equals it)
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +75,7 @@ class GeoReference:
         return np.stack([x, y], axis=-1)
 
 
-class Raster:
+class Raster(abc.ABC):
     """An image read in windows: ``width``, ``height``, ``geo`` (or None), ``has_nodata``;
     ``read(x1, y1, x2, y2)`` -> ``(uint8 [h,w,3], valid bool [h,w] or None)`` for a window
     inside the image."""
@@ -85,8 +86,9 @@ class Raster:
     geo: GeoReference | None = None
     has_nodata: bool = False
 
+    @abc.abstractmethod
     def read(self, x1: int, y1: int, x2: int, y2: int) -> tuple[np.ndarray, np.ndarray | None]:
-        raise NotImplementedError
+        """The window's pixels and validity mask (each subclass reads its own storage)."""
 
     def close(self) -> None:
         pass
