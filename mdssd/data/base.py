@@ -202,6 +202,17 @@ def image_size(path: str | Path, record: str, exif_orientation: bool = False) ->
     return (height, width) if turned else (width, height)
 
 
+def read_annotation_text(path: Path, image: str, missing: str = "label file not found") -> str:
+    """The text of an image's annotation file; an :class:`AnnotationError` naming the file when it
+    is missing (as a record of ``image``) or unreadable."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as error:
+        raise AnnotationError(path, f"image {image}", missing) from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise AnnotationError(path, "file", f"cannot read ({error})") from error
+
+
 def list_images(folder: Path, recursive: bool = False) -> list[Path]:
     """Image files (:data:`IMAGE_SUFFIXES`, any case) in ``folder``, sorted by path."""
     files = folder.rglob("*") if recursive else folder.iterdir()

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Annotation, AnnotationError, ImageFileSource, class_index, image_size, list_images, split_folder
+from .base import (Annotation, AnnotationError, ImageFileSource, class_index, image_size, list_images,
+                   read_annotation_text, split_folder)
 
 __all__ = ["DOTA_CLASSES", "DOTADetection", "parse_dota_file"]
 
@@ -39,12 +40,7 @@ DOTA_CLASSES = ("plane", "ship", "storage-tank", "baseball-diamond", "tennis-cou
 def parse_dota_file(path: Path, width: int, height: int, labels: dict[str, int], image_id: int,
                     file_name: str) -> Annotation:
     """One DOTA label file as an :class:`Annotation` (see the module docstring)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as error:
-        raise AnnotationError(path, f"image {file_name}", "label file not found") from error
-    except (OSError, UnicodeDecodeError) as error:
-        raise AnnotationError(path, "file", f"cannot read ({error})") from error
+    text = read_annotation_text(path, file_name)
     boxes, classes, difficult = [], [], []
     objects_started = False
     for number, line in enumerate(text.splitlines(), 1):

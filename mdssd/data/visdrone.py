@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Annotation, AnnotationError, ImageFileSource, check_boxes, image_size, list_images, split_folder
+from .base import (Annotation, AnnotationError, ImageFileSource, check_boxes, image_size, list_images,
+                   read_annotation_text, split_folder)
 
 __all__ = ["VISDRONE_CLASSES", "VisDroneDetection", "parse_visdrone_file"]
 
@@ -46,12 +47,7 @@ _BORDER_TOLERANCE = 1.0
 def parse_visdrone_file(path: Path, width: int, height: int, image_id: int, file_name: str
                         ) -> tuple[Annotation, np.ndarray, np.ndarray]:
     """``(annotation, truncation, occlusion)`` of one annotation file (see the module docstring)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as error:
-        raise AnnotationError(path, f"image {file_name}", "annotation file not found") from error
-    except (OSError, UnicodeDecodeError) as error:
-        raise AnnotationError(path, "file", f"cannot read ({error})") from error
+    text = read_annotation_text(path, file_name, "annotation file not found")
     k = len(VISDRONE_CLASSES)
     boxes, labels, crowd, records, truncation, occlusion = [], [], [], [], [], []
     for number, line in enumerate(text.splitlines(), 1):
