@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from benchmarks.harness import cpu_model, load_average, slug
+from benchmarks.peers import default_python
 
 
 def write_folder(root: Path, count: int, width: int, height: int, seed: int = 0) -> int:
@@ -144,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="640x480", help="image WIDTHxHEIGHT (default 640x480)")
     parser.add_argument("--work", default=None, help="folder for the data set (default: a temporary one, deleted)")
     parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--ultralytics-python", default="/work/tvenv/bin/python",
-                        help="a python with ultralytics, to time its indexing of the same folder (skipped if absent)")
+    parser.add_argument("--ultralytics-python", default=default_python(),
+                        help="a python with ultralytics, to time its indexing of the same folder (skipped if absent; "
+                        "default: $PEERS_PYTHON or build/peers-venv/bin/python)")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
     torch.set_num_threads(1)

@@ -1,6 +1,6 @@
 """Does ``--dataset yolo`` read a YOLO folder as ultralytics reads it?
 
-``python -m benchmarks.ultralytics_parity [--ultralytics-python /work/tvenv/bin/python] [--out benchmarks/results]``
+``python -m benchmarks.ultralytics_parity [--ultralytics-python PYTHON] [--out benchmarks/results]``
 
 Writes small YOLO folders covering what both accept -- boxes, polygon (segment) lines, corners
 past the border, duplicate lines, images without a label file or with an empty one, nested
@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.peers import default_python
 
 # Run by the ultralytics python: print {yaml: {split: [{im, shape, cls, bboxes}]}} as JSON.
 _ULTRALYTICS_SIDE = r"""
@@ -119,7 +121,9 @@ def compare(yaml_path: Path, theirs: dict) -> tuple[int, int, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ultralytics_parity",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ultralytics-python", default="/work/tvenv/bin/python")
+    parser.add_argument("--ultralytics-python", default=default_python(),
+                        help="a python with ultralytics (default: $PEERS_PYTHON or build/peers-venv/bin/python, "
+                        "made by benchmarks/peers_venv.sh)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mdssd-parity-") as tmp:

@@ -97,7 +97,7 @@ def test_report_means_over_seeds_and_prints_every_contestant():
     def run(contestant, budget, seed, ap_small):
         return {"contestant": contestant, "budget": budget, "seed": seed, "ap": 0.5, "ap50": 0.7,
                 "ap_small": ap_small, "ar_small": 0.6, "size_bins": bins, "images_seen": 8000,
-                "train_s": 100.0, "infer_ms_per_image": 5.0, "input": 128}
+                "train_s": 100.0, "infer_ms_per_image": 5.0, "input": 128, "train_load": 1.5 + seed}
 
     runs = [run("mdssd_tiny", "reference", 0, 0.60), run("mdssd_tiny", "reference", 1, 0.70),
             run("yolov8n", "images", 0, 0.10)]
@@ -110,3 +110,61 @@ def test_report_means_over_seeds_and_prints_every_contestant():
                                            "max_detections": 200, "command": ["x"]})
     assert "| `mdssd_tiny` | reference | 128 | 8,000 | 100 | 80.0 | 50.0 ± 0.0 | 70.0 ± 0.0 | 65.0 ± 7.1" in text
     assert "| `yolov8n` | images |" in text and json.dumps(["x"]) in text
+    assert "| 5.0 | - | 2.0 ± 0.7 |" in text and "load (train)" in text      # the load each side trained under
+
+
+def test_the_peers_python_is_peers_python_else_this_checkouts_venv(monkeypatch):
+    from pathlib import Path
+
+    from benchmarks.peers import default_python
+
+    monkeypatch.setenv("PEERS_PYTHON", "/somewhere/bin/python")
+    assert default_python() == "/somewhere/bin/python"
+    monkeypatch.delenv("PEERS_PYTHON")
+    repo = Path(__file__).resolve().parents[1]
+    assert default_python() == str(repo / "build" / "peers-venv" / "bin" / "python")
+
+
+def test_the_load_sampler_averages_what_it_read_while_open(monkeypatch):
+    import time
+
+    from benchmarks.peers import load
+
+    readings = iter(["3.0 1.0 1.0", "5.0 1.0 1.0"] + ["1.0 1.0 1.0"] * 1000)
+    monkeypatch.setattr(load, "loadavg", lambda: next(readings))
+    with load.LoadSampler(every=0.01) as sampler:
+        while len(sampler.samples) < 2:
+            time.sleep(0.01)
+    summary = sampler.summary()
+    assert sampler.samples[:2] == [3.0, 5.0] and summary["train_load_max"] == 5.0
+    assert summary["train_load"] == sum(sampler.samples) / len(sampler.samples)
+    assert load.LoadSampler().summary() == {"train_load": None, "train_load_max": None}   # never opened
+
+
+def test_large_kind_trains_with_crop_only_and_detects_tiled(tmp_path, monkeypatch):
+    """--tile is the scored detection's, never mdssd.train's (there it would only slice the final
+    evaluation, minutes of unused work); YOLO trains on what the slicer returns."""
+    from benchmarks.peers import data
+    from mdssd.data import SyntheticSigns
+    from mdssd.data.export import export_coco
+
+    def tiny(coco, wheels):
+        for split, coco_split in (("train", "train2017"), ("val", "val2017")):
+            export_coco(SyntheticSigns(split, num_images=2, seed=0, min_size=64, max_size=64), coco,
+                        split=coco_split, image_format="png")
+
+    monkeypatch.setitem(data.WRITERS, "large", tiny)
+    with pytest.raises(ValueError, match="slicer"):
+        data.prepare("large", tmp_path, tmp_path / "wheels")
+    sliced = []
+
+    def slicer(coco, out):  # stands in for SAHI's slice_coco: the train split as it is
+        sliced.append(coco)
+        return coco
+
+    prep = data.prepare("large", tmp_path, tmp_path / "wheels", slicer, tile=96, tile_overlap=0.5)
+    assert prep.sliced and prep.mdssd_flags == ("--crop",)
+    assert prep.detect_flags == ("--tile", "96", "--tile-overlap", "0.5")
+    assert sliced == [tmp_path / "large" / "coco"] and prep.yolo_train_images == 2
+    again = data.prepare("large", tmp_path, tmp_path / "wheels", slicer, tile=96, tile_overlap=0.5)
+    assert again == prep and len(sliced) == 1              # written once, then reused

@@ -16,3 +16,15 @@ What a user with small objects would otherwise pick, trained and scored by one p
   inference ms/image and (sliced) megapixels/s;
 * report (:mod:`.report`): ``benchmarks/results/peers-<kind>-<machine>.{md,json,png}``.
 """
+
+import os
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def default_python() -> str:
+    """The peers venv's python: ``$PEERS_PYTHON``, else ``build/peers-venv/bin/python`` of this
+    checkout (made by ``benchmarks/peers_venv.sh``). CI does not build it: whoever needs it checks
+    that the file exists (the tests skip without it)."""
+    return os.environ.get("PEERS_PYTHON") or str(_REPO / "build" / "peers-venv" / "bin" / "python")

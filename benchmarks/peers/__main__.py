@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from . import budgets as budget_mod
+from . import default_python
 from .data import KINDS, prepare
 from .report import markdown, plot, summarize
 from .runs import MAX_DETECTIONS, SCORE_FLOOR, loadavg, run_mdssd, run_yolo, run_yolo_job, sahi_slicer, write_json
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work", default="runs/peers", help="data and runs (default: runs/peers)")
     parser.add_argument("--wheels", default="build/peers-data",
                         help="unpacked data of the deepforest and stardist wheels (default: build/peers-data)")
-    parser.add_argument("--peers-python", default=os.environ.get("PEERS_PYTHON", "build/peers-venv/bin/python"),
+    parser.add_argument("--peers-python", default=default_python(),
                         help="python of the venv with ultralytics and SAHI (default: $PEERS_PYTHON or "
                         "build/peers-venv/bin/python, made by benchmarks/peers_venv.sh)")
     parser.add_argument("--results", default="benchmarks/results", help="where the reports go")
@@ -85,7 +86,8 @@ def run_kind(kind: str, args, python: str, work: Path) -> list[dict]:
             settings = {"steps": args.steps, "batch": args.batch_size, "threads": args.threads}
             run_dir = work / kind / "runs" / preset / "reference" / f"seed{seed}"
             result = _cached(run_dir / "result.json", settings,
-                             lambda: run_mdssd(prep, preset, seed, args.steps, args.batch_size, run_dir / "train"))
+                             lambda: run_mdssd(prep, preset, seed, args.steps, args.batch_size, args.threads,
+                                               run_dir / "train"))
             runs.append({**result, "budget": "reference"})
             reference = reference or result
         for arch in args.yolo:

@@ -32,8 +32,8 @@ KINDS = ("synthetic", "large", "trees", "nuclei")
 @dataclass(frozen=True)
 class Prepared:
     """A data kind on disk: ``coco`` root (mdssd's ``--data-root``), the YOLO ``data.yaml``, the
-    count of YOLO training images (slices for ``large``), whether inference is sliced, and the
-    training flags mdssd uses on it."""
+    count of YOLO training images (slices for ``large``), whether inference is sliced, the
+    training flags mdssd uses on it and the flags of its scored (sliced) detection."""
 
     kind: str
     coco: Path
@@ -41,6 +41,7 @@ class Prepared:
     yolo_train_images: int
     sliced: bool
     mdssd_flags: tuple[str, ...]
+    detect_flags: tuple[str, ...] = ()
 
     @property
     def val_images(self) -> Path:
@@ -133,5 +134,8 @@ def prepare(kind: str, work: Path, wheels: Path, slice_with_sahi: Callable[[Path
         count = len(build_source("coco", train_root, "train"))
         _mark_done(yolo, {"train_images": count})
     count = json.loads((yolo / ".complete").read_text())["train_images"]
-    flags = ("--crop", "--tile", str(tile), "--tile-overlap", str(tile_overlap)) if sliced else ()
-    return Prepared(kind, coco, yolo / "data.yaml", count, sliced, flags)
+    # --tile is not a training flag: given to mdssd.train it would only make the final evaluation
+    # (which always runs, and whose score is not used here) sliced, minutes on the large images.
+    flags = ("--crop",) if sliced else ()
+    detect = ("--tile", str(tile), "--tile-overlap", str(tile_overlap)) if sliced else ()
+    return Prepared(kind, coco, yolo / "data.yaml", count, sliced, flags, detect)

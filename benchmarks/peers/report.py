@@ -28,7 +28,7 @@ def row_key(run: dict) -> tuple[str, str]:
 def summarize(runs: Sequence[dict]) -> list[dict[str, Any]]:
     """One row per (contestant, budget), in the order first seen: mean/std over its seeds."""
     keys = [k for k, _ in METRICS] + [f"size:{name}:AP" for name in SIZE_BINS] + [
-        "images_seen", "train_s", "infer_ms_per_image", "sliced_mp_per_s", "input"]
+        "images_seen", "train_s", "infer_ms_per_image", "sliced_mp_per_s", "input", "train_load"]
     rows: dict[tuple[str, str], list[dict]] = {}
     for run in runs:
         rows.setdefault(row_key(run), []).append(run)
@@ -59,20 +59,22 @@ def _num(stat: dict, fmt: str) -> str:
 def markdown(kind: str, summary: list[dict], settings: dict) -> str:
     bins = list(SIZE_BINS)
     head = ["contestant", "budget", "input", "images seen", "train s", "train img/s"] + [t for _, t in METRICS] + [
-        f"AP {b}" for b in bins] + ["infer ms/img", "sliced MP/s"]
+        f"AP {b}" for b in bins] + ["infer ms/img", "sliced MP/s", "load (train)"]
     lines = [f"# mdssd vs YOLO: {kind}", "",
              f"{settings['machine']}, {settings['threads']} threads, load before/after "
              f"{settings.get('load_before', '?')} / {settings.get('load_after', '?')}; seeds "
              f"{settings['seeds']}; mean ± std over seeds (percent for metrics); pycocotools on the same "
              f"ground truth for every contestant, predictions at score >= {settings['score_floor']} and "
-             f"at most {settings['max_detections']} per image.", "",
+             f"at most {settings['max_detections']} per image. \"load (train)\": the 1-minute load average "
+             "sampled every 10 s during the training loop (it stretches \"train s\" and, through YOLO's "
+             "images/s, the equal-time budget).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in summary:
         s = row["stats"]
         cells = [f"`{row['contestant']}`", row["budget"], _num(s["input"], ".0f"), _num(s["images_seen"], ",.0f"),
                  _num(s["train_s"], ".0f"), _num(s["train_images_per_s"], ".1f")]
         cells += [_pct(s[k]) for k, _ in METRICS] + [_pct(s[f"size:{b}:AP"]) for b in bins]
-        cells += [_num(s["infer_ms_per_image"], ".1f"), _num(s["sliced_mp_per_s"], ".2f")]
+        cells += [_num(s["infer_ms_per_image"], ".1f"), _num(s["sliced_mp_per_s"], ".2f"), _num(s["train_load"], ".1f")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Settings: `" + json.dumps(settings["command"]) + "`", ""]
     return "\n".join(lines)

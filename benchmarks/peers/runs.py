@@ -19,17 +19,11 @@ from typing import Any
 import numpy as np
 
 from .data import Prepared
+from .load import LoadSampler, loadavg
 
 SCORE_FLOOR = 0.01      # mdssd's post-processing floor (SPEC.md); YOLO's conf is set to it
 MAX_DETECTIONS = 200    # per image, both sides
 TILE, TILE_OVERLAP = 128, 0.25
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -79,7 +73,8 @@ def logged_train_seconds(log: Path, steps: int) -> float:
     return float(rows[-1]["time_s"])
 
 
-def run_mdssd(prep: Prepared, preset: str, seed: int, steps: int, batch: int, run_dir: Path) -> dict[str, Any]:
+def run_mdssd(prep: Prepared, preset: str, seed: int, steps: int, batch: int, threads: int,
+              run_dir: Path) -> dict[str, Any]:
     import torch
 
     from mdssd import config as config_mod
@@ -93,12 +88,15 @@ def run_mdssd(prep: Prepared, preset: str, seed: int, steps: int, batch: int, ru
     # equal-time budget is derived from it (training is deterministic: nothing is lost but time).
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    cfg = config_mod.from_args([
-        "--preset", preset, "--seed", str(seed), "--dataset", "coco", "--data-root", str(prep.coco),
-        "--steps", str(steps), "--batch-size", str(batch), "--out-dir", str(run_dir),
-        "--eval-interval", "0", "--no-progress", *prep.mdssd_flags])
+    args = ["--preset", preset, "--seed", str(seed), "--dataset", "coco", "--data-root", str(prep.coco),
+            "--steps", str(steps), "--batch-size", str(batch), "--out-dir", str(run_dir),
+            # --threads: mdssd.train otherwise picks its own count (cores less one per data worker),
+            # which need not be the one YOLO is given.
+            "--threads", str(threads), "--eval-interval", "0", "--no-progress", *prep.mdssd_flags]
+    cfg = config_mod.from_args(args)
     start = time.time()
-    summary = train_mod.train(cfg)
+    with LoadSampler() as load:
+        summary = train_mod.train(cfg)
     train_wall = time.time() - start
     if summary["steps"] != summary["total_steps"]:
         raise RuntimeError(f"{preset} seed {seed}: training stopped at step {summary['steps']}; rerun to continue")
@@ -109,7 +107,7 @@ def run_mdssd(prep: Prepared, preset: str, seed: int, steps: int, batch: int, ru
         raise ValueError(f"{preset}: post-processing floor/keep {post.score_threshold}/"
                          f"{post.keep_top_k} differ from the protocol's {SCORE_FLOOR}/{MAX_DETECTIONS}")
     source = build_source("coco", prep.coco, "val")
-    spec = train_mod.tile_spec(cfg)
+    spec = train_mod.tile_spec(config_mod.from_args([*args, *prep.detect_flags]))
     if spec is not None:
         from dataclasses import replace
 
@@ -124,7 +122,7 @@ def run_mdssd(prep: Prepared, preset: str, seed: int, steps: int, batch: int, ru
     result = {"contestant": preset, "family": "mdssd", "seed": seed, "input": model.config.image_size,
               "images_seen": steps * batch, "train_s": train_s, "wall_s": train_wall, "threads": torch.get_num_threads(),
               "infer_ms_per_image": 1e3 * infer / len(source), "gflops": 2 * totals["macs"] / 1e9,
-              "loadavg": loadavg(), **score_detections(source, detections)}
+              "loadavg": loadavg(), **load.summary(), **score_detections(source, detections)}
     if spec is not None:
         pixels = sum(source.annotation(i).width * source.annotation(i).height for i in range(len(source)))
         result["sliced_mp_per_s"] = pixels / 1e6 / infer
@@ -176,12 +174,13 @@ def run_yolo(python: str, prep: Prepared, arch: str, seed: int, schedule: tuple[
            "val_images": str(prep.val_images), "train_images": per_epoch,
            "score_floor": SCORE_FLOOR, "max_detections": MAX_DETECTIONS,
            "tile": TILE if prep.sliced else None, "tile_overlap": TILE_OVERLAP}
-    out = run_yolo_job(python, job, run_dir / "job.json", threads)
+    out = run_yolo_job(python, job, run_dir / "job.json", threads)  # it samples the load of its training
     source = build_source("coco", prep.coco, "val")
     result = {"contestant": arch, "family": "yolo", "seed": seed, "input": imgsz, "epochs": epochs,
               "images_seen": out["images_seen"], "train_s": out["train_s"], "wall_s": out["train_wall_s"],
               "threads": threads,
               "infer_ms_per_image": 1e3 * out["infer_s_per_image"], "loadavg": loadavg(),
+              "train_load": out.get("train_load"), "train_load_max": out.get("train_load_max"),
               **score_detections(source, yolo_detections(source, out["detections"]))}
     if "sliced_mp_per_s" in out:
         result["sliced_mp_per_s"] = out["sliced_mp_per_s"]

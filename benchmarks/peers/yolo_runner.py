@@ -30,6 +30,8 @@ from pathlib import Path
 os.environ.setdefault("YOLO_OFFLINE", "true")
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 
+from .load import LoadSampler  # noqa: E402 (stdlib only; after the environment, as ultralytics below)
+
 
 def _threads(job: dict) -> None:
     import torch
@@ -82,8 +84,9 @@ def _predict_sliced(weights: Path, images: list[Path], job: dict) -> tuple[dict,
     for path in images:
         image = Image.open(path).convert("RGB")
         start = time.perf_counter()
-        # SAHI's defaults otherwise (as its users run it): a standard whole-image pass added, greedy
-        # NMM merging by intersection over the smaller box at 0.5.
+        # SAHI's defaults otherwise (as its users run it): a standard whole-image pass added, and
+        # its merging, which at our score floor (below SAHI's LOW_MODEL_CONFIDENCE, 0.1) is NMS by
+        # IoU at 0.5: SAHI switches from its default greedy NMM by IoS itself, with a warning.
         prediction = get_sliced_prediction(image, model, slice_height=job["tile"], slice_width=job["tile"],
                                            overlap_height_ratio=job["tile_overlap"],
                                            overlap_width_ratio=job["tile_overlap"], verbose=0)
@@ -103,10 +106,11 @@ def train(job: dict) -> dict:
     run = Path(job["run_dir"])
     model = YOLO(f"{job['arch']}.yaml")
     start = time.time()
-    model.train(data=job["data_yaml"], epochs=job["epochs"], imgsz=job["imgsz"], batch=job["batch"],
-                workers=job["workers"], device="cpu", seed=job["seed"], deterministic=True, pretrained=False,
-                plots=False, amp=False, val=False, project=str(run.parent), name=run.name, exist_ok=True,
-                verbose=False)
+    with LoadSampler() as load:
+        model.train(data=job["data_yaml"], epochs=job["epochs"], imgsz=job["imgsz"], batch=job["batch"],
+                    workers=job["workers"], device="cpu", seed=job["seed"], deterministic=True, pretrained=False,
+                    plots=False, amp=False, val=False, project=str(run.parent), name=run.name, exist_ok=True,
+                    verbose=False)
     train_wall = time.time() - start
     weights = run / "weights" / "last.pt"
     images = _image_files(Path(job["val_images"]))
@@ -117,7 +121,7 @@ def train(job: dict) -> dict:
     if not rows or int(float(rows[-1]["epoch"])) != job["epochs"]:
         raise RuntimeError(f"{run / 'results.csv'}: no row for the last epoch {job['epochs']}")
     result = {"train_wall_s": train_wall, "train_s": float(rows[-1]["time"]), "epochs": job["epochs"],
-              "images_seen": job["epochs"] * job["train_images"]}
+              "images_seen": job["epochs"] * job["train_images"], **load.summary()}
     if job.get("tile"):
         result["detections"], result["infer_s_per_image"], result["sliced_mp_per_s"] = _predict_sliced(
             weights, images, job)
