@@ -22,38 +22,25 @@ padding and fallback, with an eager call in place of the replay (what the CPU te
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["Runner", "eager_runner", "compiled_runner", "CudaGraphRunner", "cuda_graph_runner"]
+__all__ = ["Runner", "eager_runner", "compiled_runner", "CudaGraphRunner", "cuda_graph_runner",
+           "add_runner_arguments", "runner_from_args"]
 
 Detections = tuple[Tensor, Tensor, Tensor, Tensor]
 Runner = Callable[[Tensor], Detections]
 
 
-def _detect_fn(model, amp_dtype: torch.dtype | None) -> Runner:
-    """``images -> model.postprocess(*model(images))`` without autograd, under autocast when
-    ``amp_dtype`` is given (the post-processing itself runs in the priors' dtype)."""
-    device_type = next(model.parameters()).device.type
-
-    def detect(images: Tensor) -> Detections:
-        with torch.no_grad():
-            autocast = (torch.autocast(device_type, dtype=amp_dtype) if amp_dtype is not None
-                        else contextlib.nullcontext())
-            with autocast:
-                loc, conf = model(images)
-            return model.postprocess(loc, conf)
-
-    return detect
-
-
 def eager_runner(model, amp_dtype: torch.dtype | None = None) -> Runner:
-    """The model in eager mode (the reference every other runner is compared with)."""
+    """The model in eager mode (the reference every other runner is compared with): eval mode set,
+    then :class:`mdssd.inference.step4_batches.ModelRunner`, the pipeline's default runner."""
+    from .inference.step4_batches import ModelRunner
+
     model.eval()
-    return _detect_fn(model, amp_dtype)
+    return ModelRunner(model, amp_dtype)
 
 
 def compiled_runner(model, mode: str | None = None, amp_dtype: torch.dtype | None = None,
@@ -65,8 +52,8 @@ def compiled_runner(model, mode: str | None = None, amp_dtype: torch.dtype | Non
     (seconds to a minute); ``dynamic=False`` specialises on the batch size, so a last partial
     batch compiles once more (give :class:`CudaGraphRunner` or a padded batch where that matters).
     """
-    model.eval()
-    return torch.compile(_detect_fn(model, amp_dtype), mode=mode, dynamic=dynamic, fullgraph=True)
+    return torch.compile(eager_runner(model, amp_dtype).__call__, mode=mode, dynamic=dynamic, fullgraph=True,
+                         backend=backend)
 
 
 class CudaGraphRunner:
@@ -89,7 +76,6 @@ class CudaGraphRunner:
                  image_size: int | None = None, dtype: torch.dtype = torch.float32):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        model.eval()
         self.model = model
         self.device = next(model.parameters()).device
         self.capture = self.device.type == "cuda" if capture is None else capture
@@ -100,7 +86,7 @@ class CudaGraphRunner:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.static_images = torch.zeros((batch_size, 3, size, size), device=self.device,
                                          dtype=dtype).contiguous(memory_format=self.memory_format)
-        self._detect = _detect_fn(model, amp_dtype)
+        self._detect = eager_runner(model, amp_dtype)
         self._warmup = warmup
         self._graph = None
         self.static_outputs: Detections | None = None
@@ -162,3 +148,29 @@ class CudaGraphRunner:
 def cuda_graph_runner(model, batch_size: int, **kwargs) -> CudaGraphRunner:
     """:class:`CudaGraphRunner` (same arguments): the factory the inference pipeline calls."""
     return CudaGraphRunner(model, batch_size, **kwargs)
+
+
+# -- command line (mdssd.detect, mdssd.eval) ------------------------------------------------------
+def add_runner_arguments(parser) -> None:
+    """``--compile [MODE]`` or ``--cuda-graphs``: the runner of the inference batches."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                       help="inference batches through the model and its post-processing under torch.compile "
+                            "(MODE: default, max-autotune-no-cudagraphs, ...; the first batch compiles for "
+                            "minutes on a CPU)")
+    group.add_argument("--cuda-graphs", action="store_true",
+                       help="inference on a GPU: model + post-processing replayed as one CUDA graph per "
+                            "fixed-shape batch (mdssd.cuda_graphs)")
+
+
+def runner_from_args(args, model, batch_size: int) -> Runner | None:
+    """The runner :func:`add_runner_arguments`' flags ask for, for batches of ``batch_size``, or
+    None (neither flag: the pipeline's eager default). ValueError: ``--cuda-graphs`` with the model
+    off CUDA."""
+    if args.cuda_graphs:
+        if next(model.parameters()).device.type != "cuda":
+            raise ValueError("--cuda-graphs needs a CUDA device")
+        return cuda_graph_runner(model, batch_size)
+    if args.compile:
+        return compiled_runner(model, None if args.compile == "default" else args.compile)
+    return None

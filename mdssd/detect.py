@@ -73,12 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overview-size", type=int, default=2048, metavar="PX",
                         help="longest side of the picture written per image (default 2048; 0: none)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
-                        help="tiled detection: the model and its post-processing under torch.compile (MODE: "
-                             "default, max-autotune-no-cudagraphs, ...; the first batch compiles for minutes)")
-    parser.add_argument("--cuda-graphs", action="store_true",
-                        help="tiled detection on a GPU: model + post-processing replayed as one CUDA graph per "
-                             "batch of --tile-batch tiles (mdssd.cuda_graphs)")
+    from .cuda_graphs import add_runner_arguments
+
+    add_runner_arguments(parser)
     from .eval import add_tile_arguments, tile_spec_from_args
 
     add_tile_arguments(parser)
@@ -122,10 +119,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--cuda-graphs needs a CUDA device")
         detector = load(args.weights, device=device, backend=args.backend, class_names=class_names)
         if args.cuda_graphs or args.compile:
-            from .cuda_graphs import compiled_runner, cuda_graph_runner
+            from .cuda_graphs import runner_from_args
 
-            detector.runner = (cuda_graph_runner(detector.model, tile.batch_size) if args.cuda_graphs else
-                               compiled_runner(detector.model, None if args.compile == "default" else args.compile))
+            detector.runner = runner_from_args(args, detector.model, tile.batch_size)
         files = _images(Path(args.input))
     except (FileNotFoundError, ValueError) as error:
         print(f"mdssd.detect: {error}", file=sys.stderr)

@@ -4,7 +4,8 @@ Runs a trained model over a data set's evaluation split and prints the per-class
 VOC07 mAP (11-point and area, ``difficult`` ignored) and, when pycocotools is installed, the COCO
 box metrics (AP, AP50, AP75, AP small/medium/large, AR); ``--size-bins`` adds AP/AR per tiny-object
 size bin (:data:`mdssd.metrics.SIZE_BINS`, through pycocotools' own area ranges).
-:func:`evaluate` is the library entry point (training calls it on its val source). ``--tile N
+``--compile [MODE]`` / ``--cuda-graphs`` run the batches through :mod:`mdssd.cuda_graphs`' runners
+(as ``mdssd.detect``). :func:`evaluate` is the library entry point (training calls it on its val source). ``--tile N
 --tile-overlap F`` slices each image into N x N tiles (:mod:`mdssd.tiling`) instead of resizing it
 whole: small objects in large images.
 """
@@ -81,10 +82,12 @@ def score(source, detections: Sequence[Detections], coco: bool | None = None, io
 
 
 def evaluate(model, source, batch_size: int = 8, num_workers: int = 0, coco: bool | None = None,
-             iou_threshold: float = 0.5, tile=None, size_bins: bool = False) -> EvalReport:
+             iou_threshold: float = 0.5, tile=None, size_bins: bool = False, runner=None) -> EvalReport:
     """Run ``model`` (the docs/CONTRACTS.md API) on every image of ``source`` and score it;
     ``tile`` (a :class:`mdssd.tiling.TileSpec`): sliced inference instead of whole resized images,
-    streamed from the image files in bounded memory (:mod:`mdssd.inference.stream`)."""
+    streamed from the image files in bounded memory (:mod:`mdssd.inference.stream`). ``runner``:
+    what runs the batches (:mod:`mdssd.cuda_graphs`; default: the model eagerly), fed batches of
+    ``tile.batch_size`` tiles or ``batch_size`` images, the last one padded."""
     from .inference import predict
 
     expected = len(source.class_names) + 1
@@ -94,9 +97,9 @@ def evaluate(model, source, batch_size: int = 8, num_workers: int = 0, coco: boo
     if tile is not None:
         from .inference.stream import predict_source_streamed
 
-        detections = predict_source_streamed(model, source, tile)
+        detections = predict_source_streamed(model, source, tile, runner=runner)
     else:
-        detections = predict(model, source, batch_size=batch_size, num_workers=num_workers)
+        detections = predict(model, source, batch_size=batch_size, num_workers=num_workers, runner=runner)
     return score(source, detections, coco, iou_threshold, size_bins)
 
 
@@ -127,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--per-layer-out", default=None, metavar="PREFIX",
                         help="--per-layer files PREFIX.json/.md/.png (default: per-layer next to --weights)")
     add_tile_arguments(parser)
+    from .cuda_graphs import add_runner_arguments
+
+    add_runner_arguments(parser)
     return parser
 
 
@@ -173,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--size-bins are COCO metrics: drop --no-coco")
     if args.per_layer and args.no_coco:
         parser.error("--per-layer reports COCO metrics: drop --no-coco")
+    if args.per_layer and (args.compile or args.cuda_graphs):
+        parser.error("--per-layer runs the model eagerly: drop --compile / --cuda-graphs")
     from .data import build_source
     from .inference import load_model, read_checkpoint, synthetic_val_options
 
@@ -196,11 +204,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.per_layer:
         return _per_layer(args, model, source, tile)
+    from .cuda_graphs import runner_from_args
+
+    try:
+        runner = runner_from_args(args, model, tile.batch_size if tile else args.batch_size)
+    except ValueError as error:
+        print(f"mdssd.eval: {error}", file=sys.stderr)
+        return 2
     from .inference.step1_read import RasterError
 
     try:
         report = evaluate(model, source, args.batch_size, args.workers, coco=False if args.no_coco else None,
-                          iou_threshold=args.iou, tile=tile, size_bins=args.size_bins)
+                          iou_threshold=args.iou, tile=tile, size_bins=args.size_bins, runner=runner)
     except RasterError as error:
         print(f"mdssd.eval: {error}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ from mdssd import ops
 g = torch.Generator().manual_seed(0)
 out = {}
 for dtype in (torch.float32, torch.bfloat16, torch.float64):
-    for shape in ((2, 40, 9, 11), (1, 256, 19, 19)):
+    for shape in ((2, 40, 9, 11), (1, 256, 19, 19), (1, 64, 40, 40)):  # the last: 4 NCHW blocks
         for cl in (False, True):
             a = torch.randn(shape, generator=g).to(dtype)
             b = torch.randn(shape, generator=g).clamp_min(0).to(dtype)

@@ -39,10 +39,11 @@ def test_forward_matches_reference(gen, dtype, channels_last, shape):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True])
-# Full and partial 64-pixel blocks; channel counts that do and do not fill the 8 partial sums.
+# One block (part of one), several blocks of an image with a partial last one (NCHW: [1,16,40,40]
+# is cut into 4 blocks); channel counts that do and do not fill the 16 partial sums.
 # (Not C = 1: there dx = s g (1 - x^2 / n^2) / n cancels exactly, and float32 rounding leaves
 # ~1e-7 s g / n, beyond a fixed tolerance when |x| is small.)
-@pytest.mark.parametrize("shape", [(2, 64, 9, 11), (3, 13, 10, 13), (1, 5, 1, 1)])
+@pytest.mark.parametrize("shape", [(2, 64, 9, 11), (3, 13, 10, 13), (1, 5, 1, 1), (1, 16, 40, 40)])
 def test_backward_matches_autograd_of_reference(gen, dtype, channels_last, shape):
     a, b, sa, sb = inputs(shape, gen, dtype, channels_last, requires_grad=True)
     grad = torch.randn(a.shape, generator=gen).to(dtype)

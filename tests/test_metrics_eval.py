@@ -181,3 +181,64 @@ def test_eval_and_detect_cli_on_a_real_checkpoint(tmp_path, capsys):
     results = json.loads((tmp_path / "out" / "detections.json").read_text())
     assert results and set(results[0]) == {"image_id", "category_id", "bbox", "score"}
     assert all(1 <= r["category_id"] <= 10 and r["bbox"][2] >= 0 for r in results)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tiled", [False, True])
+def test_eval_cli_compile_runs_every_batch_through_the_compiled_runner(tmp_path, monkeypatch, capsys, tiled):
+    """``eval --compile MODE``: the batches go through mdssd.cuda_graphs' compiled runner, in one
+    padded shape, and score as the eager run does. Traced with aot_eager here (the same kernels as
+    eager, so the metrics are equal; inductor would take minutes)."""
+    from mdssd import cuda_graphs, eval as eval_cli
+    from mdssd.model import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("mdssd_tiny", num_classes=len(SyntheticSigns.class_names) + 1, backend="ext")
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(model, ckpt)
+    modes, shapes = [], []
+    real = cuda_graphs.compiled_runner
+
+    def traced(model, mode=None, **kwargs):
+        modes.append(mode)
+        runner = real(model, mode=None, backend="aot_eager")
+
+        def run(images):
+            shapes.append(tuple(images.shape))
+            return runner(images)
+        return run
+
+    monkeypatch.setattr(cuda_graphs, "compiled_runner", traced)
+    common = ["--weights", str(ckpt), "--data", "synthetic", "--num-images", "3", "--device", "cpu", "--no-coco",
+              "--batch-size", "2"] + (["--tile", "512", "--tile-batch", "4"] if tiled else [])
+    assert eval_cli.main([*common, "--json", str(tmp_path / "eager.json")]) == 0
+    assert modes == [] and shapes == []
+    assert eval_cli.main([*common, "--compile", "max-autotune-no-cudagraphs", "--json",
+                          str(tmp_path / "compiled.json")]) == 0
+    assert modes == ["max-autotune-no-cudagraphs"]
+    batch = 4 if tiled else 2
+    assert shapes and {s[0] for s in shapes} == {batch}  # the last batch padded to the same shape
+    if not tiled:
+        assert len(shapes) == 2  # 3 images: 2 + (1 padded to 2)
+    eager = json.loads((tmp_path / "eager.json").read_text())
+    compiled = json.loads((tmp_path / "compiled.json").read_text())
+    assert compiled == eager
+    eval_cli.main([*common, "--compile"])
+    assert modes[-1] is None  # "default": torch.compile's default mode
+    capsys.readouterr()
+
+
+def test_eval_cli_runner_flags_refuse_what_cannot_run(tmp_path, capsys):
+    from mdssd import eval as eval_cli
+    from mdssd.model import build_model, save_checkpoint
+
+    model = build_model("mdssd_tiny", num_classes=len(SyntheticSigns.class_names) + 1, backend="ext")
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(model, ckpt)
+    common = ["--weights", str(ckpt), "--data", "synthetic", "--num-images", "2", "--device", "cpu", "--no-coco"]
+    assert eval_cli.main([*common, "--cuda-graphs"]) == 2
+    assert "--cuda-graphs needs a CUDA device" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        eval_cli.main([*common, "--cuda-graphs", "--compile"])
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err

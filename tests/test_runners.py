@@ -43,7 +43,13 @@ def test_larger_batch_runs_in_chunks(model):
     eager = eager_runner(model)
     runner = CudaGraphRunner(model, batch_size=2, capture=False)
     x = images(5, seed=2)
-    assert_same(runner(x), eager(x))
+    # Against eager on the same chunks (2, 2, 1 padded with a zero image): a batch of 5 in one
+    # convolution may round differently from batches of 2 (oneDNN picks kernels by batch size; on
+    # an AVX2 EPYC a near-tied NMS decision flipped), which is not what this test is about.
+    padded = torch.cat([x, torch.zeros_like(x[:1])])
+    want = [eager(padded[i:i + 2]) for i in (0, 2, 4)]
+    want = tuple(torch.cat([w[k] for w in want])[:5] for k in range(4))
+    assert_same(runner(x), want)
     assert runner.replays == 3  # 2 + 2 + 1 (padded)
 
 

@@ -5,8 +5,8 @@
 // computed as sa[c] * (a[c] * (1 / na)): the unit vector first, so that no product of a scale
 // and a tiny value rounds in the subnormal range (as (sa[c] * a[c]) / na would).
 //
-// Work is split into blocks of up to kMaxBlock pixels of one image (nchw_block); every block reads each input
-// element from memory once (a second pass over the block hits the cache). Accumulation is
+// Work is split into blocks of pixels of one image (nchw_block); every block reads each input
+// element from memory once (a second pass over the block hits the cache, L3 in NCHW). Accumulation is
 // float32 for half/bfloat16/float32 inputs and float64 for float64 (at::opmath_type).
 //
 // Backward, with n = max(||x||, eps), t = sum_k s_k g_k x_k, the unit vector u = x / n and
@@ -64,16 +64,45 @@ namespace mdssd {
 namespace {
 
 // Pixels per block: channels_last 256 bytes of one channel (64 float32, 128 bfloat16/float16,
-// 32 float64). NCHW: as many pixels as keep the backward's block (3 inputs x C channels) in half
-// of the L2 cache, between 256 and 1024 bytes per channel row: longer rows stream better (fewer
-// strided segments per block), but the second pass must find the block in L2. Measured on a
-// 2-core EPYC (512 KB L2 per core) at 256 channels: 128 float32 pixels made the backward slower
-// there (256 bytes are chosen); a 2 MB L2 (Xeon) takes 1024-byte rows.
+// 32 float64). NCHW (nchw_block): long rows. A block is read twice, channel row by channel row
+// (pass 1: the per-pixel sums; pass 2: the outputs), and its rows are C strided segments of each
+// input. Short rows that keep the block in L2 (256-1024 bytes, the earlier plan) left the reads
+// of pass 1 to C x inputs short strided segments that the prefetchers hardly follow: the float32
+// backward ran at 28-31% of the copy floor, behind torch.compile, whose loops stream whole channel
+// rows (TORCH_LOGS=output_code: the scale-gradient and the output loops run channel-major over the
+// whole image). Rows of 1 KB up to the whole image stream; pass 2 then finds the block in L3, not
+// L2. Measured on the 2-core EPYC (512 KB L2, 32 MB L3) at one thread, the row length switched
+// per call in one process, float32, 256-byte rows (the L2 plan there) against this plan: backward
+// 1.3-1.8x faster at [1|8,256,19..75,...], forward 1.2-1.7x; whole-image rows were faster still at
+// one thread, but two of them (two threads) no longer fit L3.
+// The block's re-read inputs (3 backward, 2 forward) x C rows must fit a share of L3: half of
+// it divided among the machine's cores (not torch's thread count: the block size decides the
+// scale-gradient chunks, which must not depend on the number of threads).
 template <typename T>
 constexpr int64_t kBlock = 256 / static_cast<int64_t>(sizeof(T));
-template <typename T>
-constexpr int64_t kMaxBlock = 4 * kBlock<T>;
+// Rows no shorter than this where the image allows (shorter ones stop streaming).
+constexpr int64_t kMinRowBytes = 1024;
+// Blocks wanted per call, so that small batches still go parallel (rows permitting).
+constexpr int64_t kParallelBlocks = 4;
 
+int64_t l3_share_bytes() {
+  static const int64_t bytes = [] {
+    const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    const int64_t cache = l3 > 0 ? l3 : l2 > 0 ? l2 : int64_t(1) << 20;
+    return std::max<int64_t>(int64_t(256) << 10, cache / 2 / std::max<long>(1, cores));
+  }();
+  return bytes;
+}
+
+// Pixels per NCHW block of a [batch, channels, pixels] map: the image cut into k equal blocks
+// (rounded up to kBlock), k the smallest count whose blocks fit the L3 share, raised towards
+// kParallelBlocks blocks per call while rows stay >= kMinRowBytes.
+// The backward of 2-byte types keeps the earlier L2 plan (rows of 256-1024 bytes, the block in
+// half of L2): with long rows it measured 0.5-0.9x of torch.compile on the EPYC, but that build
+// also lacked the __restrict parameters of backward_block_nchw (found afterwards, the larger
+// cause); long rows for 2-byte types are not re-measured since.
 int64_t l2_cache_bytes() {
   static const int64_t bytes = [] {
     const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
@@ -83,11 +112,38 @@ int64_t l2_cache_bytes() {
 }
 
 template <typename T>
-int64_t nchw_block(int64_t channels) {
-  const int64_t fit = l2_cache_bytes() / 2 / (3 * std::max<int64_t>(1, channels) * static_cast<int64_t>(sizeof(T)));
-  const int64_t px = std::clamp(fit, kBlock<T>, kMaxBlock<T>);
-  return px / kBlock<T> * kBlock<T>;
+int64_t nchw_block(int64_t batch, int64_t channels, int64_t pixels, int64_t reread_inputs) {
+  const int64_t elem = static_cast<int64_t>(sizeof(T));
+  if (elem == 2 && reread_inputs == 3) {
+    const int64_t fit = l2_cache_bytes() / 2 / (3 * std::max<int64_t>(1, channels) * elem);
+    return std::clamp(fit, kBlock<T>, 4 * kBlock<T>) / kBlock<T> * kBlock<T>;
+  }
+  const int64_t fit = l3_share_bytes() / (reread_inputs * std::max<int64_t>(1, channels) * elem);
+  const int64_t max_px = std::max(kBlock<T>, fit / kBlock<T> * kBlock<T>);
+  const int64_t min_px = std::min(max_px, std::max(kBlock<T>, kMinRowBytes / elem));
+  const int64_t px = std::max<int64_t>(1, pixels);
+  const int64_t k_fit = (px + max_px - 1) / max_px;
+  const int64_t k_parallel = (kParallelBlocks + std::max<int64_t>(1, batch) - 1) / std::max<int64_t>(1, batch);
+  const int64_t k_rows = std::max<int64_t>(1, px / min_px);
+  const int64_t k = std::max(k_fit, std::min(k_parallel, k_rows));
+  const int64_t block = (px + k - 1) / k;
+  return (block + kBlock<T> - 1) / kBlock<T> * kBlock<T>;
 }
+
+// Per-chunk scratch of the NCHW loops (the block's per-pixel sums), 64-byte aligned.
+template <typename acc_t>
+class Scratch {
+ public:
+  explicit Scratch(int64_t n) : raw_(static_cast<size_t>(n) + 64 / sizeof(acc_t)) {}
+  acc_t* data() {
+    auto addr = reinterpret_cast<uintptr_t>(raw_.data());
+    return reinterpret_cast<acc_t*>((addr + 63) & ~uintptr_t(63));
+  }
+
+ private:
+  std::vector<acc_t> raw_;
+};
+
 // The backward's scale-gradient partial sums: the blocks are cut into at most kMaxChunks chunks
 // of equal size (a function of the shape only, never of the thread count), each summed on its
 // own and then added in chunk order.
@@ -207,7 +263,8 @@ at::Tensor forward_cpu(const at::Tensor& a_in, const at::Tensor& b_in, const at:
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "l2norm_sum_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Layout l = layout_of(a, cl ? kBlock<scalar_t> : nchw_block<scalar_t>(a.size(1)));
+    const Layout l = layout_of(
+        a, cl ? kBlock<scalar_t> : nchw_block<scalar_t>(a.size(0), a.size(1), a.size(2) * a.size(3), 2));
     const auto sa_t = scale_a.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const auto sb_t = scale_b.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const Args<scalar_t> p{a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), nullptr,
@@ -238,7 +295,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "l2norm_sum_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Layout l = layout_of(a, cl ? kBlock<scalar_t> : nchw_block<scalar_t>(a.size(1)));
+    const Layout l = layout_of(
+        a, cl ? kBlock<scalar_t> : nchw_block<scalar_t>(a.size(0), a.size(1), a.size(2) * a.size(3), 3));
     const int64_t num_blocks = l.batch * l.blocks_per_image;
     const int64_t chunk_blocks = std::max<int64_t>(1, (num_blocks + kMaxChunks - 1) / kMaxChunks);
     const int64_t num_chunks = num_blocks == 0 ? 0 : (num_blocks + chunk_blocks - 1) / chunk_blocks;

@@ -22,15 +22,24 @@ Runner = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
 
 class ModelRunner:
-    """``model(images)`` then ``model.postprocess`` (in float32), without autograd."""
+    """``model(images)`` (under autocast to ``amp_dtype`` when given) then ``model.postprocess``,
+    without autograd: the eager runner, the one every other runner (:mod:`mdssd.cuda_graphs`) is
+    compared with. The post-processing runs outside autocast, in the priors' dtype (it casts
+    ``loc``/``conf`` itself, so float32 priors give float32 post-processing of a bfloat16 forward).
+    The model's train/eval mode is left as it is (:func:`mdssd.cuda_graphs.eager_runner` sets eval)."""
 
-    def __init__(self, model):
+    def __init__(self, model, amp_dtype: torch.dtype | None = None):
         self.model = model
+        self.amp_dtype = amp_dtype
 
-    @torch.no_grad()
     def __call__(self, images: torch.Tensor):
-        loc, conf = self.model(images)
-        return self.model.postprocess(loc.float(), conf.float())
+        with torch.no_grad():
+            if self.amp_dtype is None:
+                loc, conf = self.model(images)
+            else:
+                with torch.autocast(images.device.type, dtype=self.amp_dtype):
+                    loc, conf = self.model(images)
+            return self.model.postprocess(loc, conf)
 
 
 def as_runner(model_or_runner) -> Runner:

@@ -10,6 +10,7 @@ import torch
 
 from ..data.transforms import Resize
 from ..metrics import Detections
+from .step4_batches import run_fixed_batches
 
 __all__ = ["run_batch", "predict", "predict_images"]
 
@@ -48,9 +49,11 @@ class _Images(torch.utils.data.Dataset):
 
 @torch.no_grad()
 def predict(model, source, batch_size: int = 8, num_workers: int = 0,
-            device: str | torch.device | None = None) -> list[Detections]:
+            device: str | torch.device | None = None, runner=None) -> list[Detections]:
     """Detections for every image of ``source`` (a :class:`~mdssd.data.base.DetectionSource`),
-    in pixel coordinates of the stored images, in source order."""
+    in pixel coordinates of the stored images, in source order. ``runner`` (a compiled or
+    CUDA-graph runner, :mod:`mdssd.cuda_graphs`): runs every batch in place of the model, each
+    of exactly ``batch_size`` images (the last one padded), so that it sees one shape."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     loader = torch.utils.data.DataLoader(_Images(source, model.config.image_size), batch_size=batch_size,
                                          num_workers=num_workers, shuffle=False)
@@ -58,7 +61,11 @@ def predict(model, source, batch_size: int = 8, num_workers: int = 0,
     detections = []
     for images, indices in loader:
         annotations = [source.annotation(int(i)) for i in indices]
-        detections += run_batch(model, images.to(device), [(a.width, a.height) for a in annotations])
+        sizes = [(a.width, a.height) for a in annotations]
+        if runner is None:
+            detections += run_batch(model, images.to(device), sizes)
+        else:
+            detections += _to_detections(*run_fixed_batches(runner, images.to(device), batch_size), sizes)
     return detections
 
 
