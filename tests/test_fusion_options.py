@@ -103,3 +103,32 @@ def test_identity_block_starts_as_the_normalised_shallow_map_plus_deep_context()
     assert torch.allclose(out, expected, atol=1e-4)
     with pytest.raises(ValueError, match="conv_init must be one of"):
         _block(conv_init="dirac")
+
+
+def test_gated_skip_starts_as_the_twins_normalised_shallow_map():
+    low, high = torch.rand(2, 8, 11, 11), torch.rand(2, 12, 2, 2)
+    block = FusionBlock(FusionConfig("m", "low", "high", 8, (3, 2, 3)), low_channels=8, high_channels=12,
+                        width=4, scale_low=20, scale_high=10, eps=1e-10, backend="reference", skip="gated")
+    assert block.gate.item() == 0.0
+    out = block(low, high)
+    assert torch.allclose(out, 20 * low / low.norm(dim=1, keepdim=True), atol=1e-5)
+    # The gate is the one fusion parameter with a gradient at step 0; once open, the block adds to it.
+    out.square().sum().backward()
+    assert block.gate.grad.abs() > 0 and block.merge[0].weight.grad.abs().sum() == 0
+    with torch.no_grad():
+        block.gate.fill_(0.5)
+        paper = torch.relu(block.merge[0](block.backend.l2norm_sum(block.lower(low), block.upper(high), block.scale_low,
+                                                                   block.scale_high, 1e-10)))
+        assert torch.allclose(block(low, high), block.skip_norm(low) + 0.5 * paper, atol=1e-5)
+
+
+def test_gated_skip_needs_matching_channels_and_a_known_name():
+    with pytest.raises(ValueError, match="must be equal"):
+        _block(skip="gated")  # 6 shallow channels, 8 out
+    with pytest.raises(ValueError, match="skip must be one of"):
+        _block(skip="residual")
+    paper = build_model("mdssd_tiny", num_classes=3, backend="reference")
+    assert not any(k.startswith("fusion.0.gate") or "skip_norm" in k for k in paper.state_dict())
+    gated = build_model("mdssd_tiny_gated", num_classes=3, backend="reference")
+    assert gated.config.replace(name="mdssd_tiny", fusion_skip="none") == paper.config
+    assert {"fusion.0.gate", "fusion.2.skip_norm.weight"} <= set(gated.state_dict())

@@ -139,6 +139,8 @@ class ModelConfig:
     fusion_norm: str = "none"
     fusion_deconv_init: str = "xavier"
     fusion_conv_init: str = "xavier"  # "xavier" | "identity" (the block's 3x3 convs start as identity)
+    # "none" (the paper) | "gated": L2Norm(shallow map) + gate * block, gate starting at 0.
+    fusion_skip: str = "none"
     l2norm_eps: float = 1e-10  # lower bound of the L2 norms (mdssd.ops.l2norm_sum's eps)
     ssd_l2norm_scale: float = 20.0
     # conv3_3 as a source (the *_s4 presets): 20 like conv4_3 in SSD and like the Fusion Block's
@@ -386,6 +388,8 @@ PRESETS["mdssd_tiny_bn_up"] = PRESETS["mdssd_tiny"].replace(
     name="mdssd_tiny_bn_up", fusion_norm="batch", fusion_deconv_init="upsample")
 PRESETS["mdssd_tiny_id"] = PRESETS["mdssd_tiny"].replace(
     name="mdssd_tiny_id", fusion_deconv_init="upsample", fusion_conv_init="identity")
+# The block as a gated residual on the twin's normalised shallow map (starts as ssd_tiny_s4).
+PRESETS["mdssd_tiny_gated"] = PRESETS["mdssd_tiny"].replace(name="mdssd_tiny_gated", fusion_skip="gated")
 
 
 def get_config(name: str, **overrides) -> ModelConfig:
