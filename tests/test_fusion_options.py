@@ -17,7 +17,7 @@ def _block(**options):
 
 
 def test_paper_block_keeps_its_layout_and_keys():
-    paper = build_model("mdssd_tiny", num_classes=3, backend="reference")
+    paper = build_model("mdssd_tiny_paper", num_classes=3, backend="reference")
     assert not any(isinstance(m, nn.BatchNorm2d) for m in paper.fusion.modules())
     assert "fusion.0.lower.weight" in paper.state_dict()  # checkpoints of the paper's block still load
 
@@ -66,7 +66,7 @@ def test_upsample_init_in_the_block_and_bad_options():
 
 
 def test_candidate_presets_differ_only_in_the_block():
-    base = build_model("mdssd_tiny", num_classes=3).config
+    base = build_model("mdssd_tiny_paper", num_classes=3).config.replace(name="mdssd_tiny")
     for name, norm, init, conv in [("mdssd_tiny_bn", "batch", "xavier", "xavier"),
                                    ("mdssd_tiny_up", "none", "upsample", "xavier"),
                                    ("mdssd_tiny_bn_up", "batch", "upsample", "xavier"),
@@ -75,6 +75,7 @@ def test_candidate_presets_differ_only_in_the_block():
         assert (config.fusion_norm, config.fusion_deconv_init, config.fusion_conv_init) == (norm, init, conv)
         assert config.replace(name=base.name, fusion_norm="none", fusion_deconv_init="xavier",
                               fusion_conv_init="xavier") == base
+        assert config.fusion_skip == "none"  # the candidates were measured on the paper's block
 
 
 def test_identity_block_starts_as_the_normalised_shallow_map_plus_deep_context():
@@ -103,3 +104,52 @@ def test_identity_block_starts_as_the_normalised_shallow_map_plus_deep_context()
     assert torch.allclose(out, expected, atol=1e-4)
     with pytest.raises(ValueError, match="conv_init must be one of"):
         _block(conv_init="dirac")
+
+
+def test_gated_skip_starts_as_the_twins_normalised_shallow_map():
+    low, high = torch.rand(2, 8, 11, 11), torch.rand(2, 12, 2, 2)
+    block = FusionBlock(FusionConfig("m", "low", "high", 8, (3, 2, 3)), low_channels=8, high_channels=12,
+                        width=4, scale_low=20, scale_high=10, eps=1e-10, backend="reference", skip="gated")
+    assert block.gate.item() == 0.0
+    out = block(low, high)
+    assert torch.allclose(out, 20 * low / low.norm(dim=1, keepdim=True), atol=1e-5)
+    # The gate is the one fusion parameter with a gradient at step 0; once open, the block adds to it.
+    out.square().sum().backward()
+    assert block.gate.grad.abs() > 0 and block.merge[0].weight.grad.abs().sum() == 0
+    with torch.no_grad():
+        block.gate.fill_(0.5)
+        paper = torch.relu(block.merge[0](block.backend.l2norm_sum(block.lower(low), block.upper(high), block.scale_low,
+                                                                   block.scale_high, 1e-10)))
+        assert torch.allclose(block(low, high), block.skip_norm(low) + 0.5 * paper, atol=1e-5)
+
+
+def test_gated_skip_needs_matching_channels_and_a_known_name():
+    with pytest.raises(ValueError, match="must be equal"):
+        _block(skip="gated")  # 6 shallow channels, 8 out
+    with pytest.raises(ValueError, match="skip must be one of"):
+        _block(skip="residual")
+    paper = build_model("mdssd_tiny_paper", num_classes=3, backend="reference")
+    assert not any(k.startswith("fusion.0.gate") or "skip_norm" in k for k in paper.state_dict())
+    gated = build_model("mdssd_tiny_gated", num_classes=3, backend="reference")
+    assert gated.config.replace(name="mdssd_tiny_paper", fusion_skip="none") == paper.config
+    assert {"fusion.0.gate", "fusion.2.skip_norm.weight"} <= set(gated.state_dict())
+
+
+def test_every_mdssd_preset_defaults_to_the_gated_block_and_keeps_the_paper_block_by_name():
+    from mdssd.model.config import MDSSD_PRESETS, PRESETS
+
+    for name in MDSSD_PRESETS:
+        assert PRESETS[name].fusion_skip == "gated"
+        assert PRESETS[f"{name}_paper"] == PRESETS[name].replace(name=f"{name}_paper", fusion_skip="none")
+    assert PRESETS["mdssd_tiny"] == PRESETS["mdssd_tiny_gated"].replace(name="mdssd_tiny")
+    for twin in ("ssd_tiny", "ssd_tiny_s4", "ssd300", "ssd300_s4", "ssd_resnet_tiny"):
+        assert PRESETS[twin].fusion_skip == "none" and PRESETS[twin].fusion == ()
+
+
+def test_checkpoints_from_before_the_gated_default_load_as_the_paper_block():
+    from mdssd.model.config import ModelConfig, PRESETS
+
+    # A model config saved before fusion_skip existed (the paper's block was the only one).
+    saved = PRESETS["mdssd_tiny_paper"].replace(name="mdssd_tiny").to_dict()
+    del saved["fusion_skip"]
+    assert ModelConfig.from_dict(saved).fusion_skip == "none"

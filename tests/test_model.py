@@ -29,14 +29,19 @@ SIZES = {  # SPEC "Prediction layers and priors"
 
 # Pinned once from this code (21 classes); ssd300/ssd512 equal the well-known SSD VOC counts.
 PARAMS = {
-    "mdssd300": 44_677_650,
-    "mdssd512": 43_614_760,
+    "mdssd300_paper": 44_677_650,
+    "mdssd512_paper": 43_614_760,
     "ssd300": 26_285_486,
     "ssd512": 27_188_676,
-    "mdssd_tiny": 3_236_236,
+    "mdssd_tiny_paper": 3_236_236,
+    # The default (gated) block adds per module the skip's L2Norm scales (the shallow map's
+    # channels: 256 + 512 + 1024 in VGG, 64 + 128 + 256 in the tiny preset) and one gate.
+    "mdssd300": 44_677_650 + 1792 + 3,
+    "mdssd512": 43_614_760 + 1792 + 3,
+    "mdssd_tiny": 3_236_236 + 448 + 3,
 }
 # BatchNorm after all 15 backbone convs: 2 x (64*2 + 128*2 + 256*3 + 512*6 + 1024*2) = 12,544.
-PARAMS_BN = {"mdssd300": 44_690_194, "ssd300": 26_298_030}
+PARAMS_BN = {"mdssd300_paper": 44_690_194, "mdssd300": 44_690_194 + 1795, "ssd300": 26_298_030}
 
 
 def meta_model(name, **overrides):
@@ -363,7 +368,7 @@ def test_load_vgg16_into_model_and_mismatches_named():
 
 
 def test_summary_command(capsys):
-    summary_main(["mdssd300"])
+    summary_main(["mdssd300_paper"])
     out = capsys.readouterr().out
     assert "priors: 31,232" in out and "parameters: 44,677,650" in out
     assert "module1         256    75            4   22,500" in out

@@ -81,7 +81,10 @@ def test_images_without_ground_truth_contribute_nothing(tiny, gen):
 
 def test_train_step_autocast_bfloat16_channels_last(gen):
     torch.manual_seed(1)
-    model = build_model("mdssd_tiny", num_classes=6, batch_norm=True).to(memory_format=torch.channels_last)
+    # The paper's block: the default gated block's gate starts at 0, so its fused-kernel scales
+    # get no gradient on the first step (tests/test_fusion_options.py), and this test is about
+    # those gradients under bf16 autocast and channels_last.
+    model = build_model("mdssd_tiny_paper", num_classes=6, batch_norm=True).to(memory_format=torch.channels_last)
     model.train()
     images = torch.randn(2, 3, 128, 128, generator=gen).contiguous(memory_format=torch.channels_last)
     boxes, labels, counts = batch_targets(gen, [3, 0], 6)
@@ -131,7 +134,9 @@ def _close(a, b, rtol=1e-4):
 
 def test_backends_agree_mdssd300(gen):
     torch.manual_seed(2)
-    model = build_model("mdssd300", num_classes=21)
+    # The paper's block, whose fused-kernel scales get a gradient on the first step (the default
+    # gated block's gate starts at 0, which holds them at zero).
+    model = build_model("mdssd300_paper", num_classes=21)
     images = torch.randn(1, 3, 300, 300, generator=gen)
     targets = batch_targets(gen, [4], 21)
     results = {}

@@ -14,7 +14,10 @@ from mdssd.model import build_model
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return build_model("mdssd_tiny", num_classes=4).eval()
+    # The paper's block: with the default (gated) block this untrained model's detections have
+    # near-ties that channels_last's float differences (1.5e-5 in loc/conf, as for the paper's
+    # block) reorder; the runners' plumbing is what is tested here.
+    return build_model("mdssd_tiny_paper", num_classes=4).eval()
 
 
 def images(n, size=128, seed=1):

@@ -165,7 +165,11 @@ def test_param_groups_give_deconvolutions_and_l2norm_scales_their_own_rate():
     transposed = [m for b in blocks for m in b.upper if isinstance(m, torch.nn.ConvTranspose2d)]
     assert {id(p) for p in deconv["params"]} == {id(p) for m in transposed for p in m.parameters()}
     assert len(deconv["params"]) == 2 * 3 * len(blocks)  # weight + bias of three deconvolutions each
-    assert {id(p) for p in scales["params"]} == {id(p) for b in blocks for p in (b.scale_low, b.scale_high)}
+    # Every L2Norm scale: the blocks' two, and the gated block's skip L2Norm (the default block).
+    skips = [b.skip_norm.weight for b in blocks if b.skip_norm is not None]
+    assert len(skips) == len(blocks)
+    assert {id(p) for p in scales["params"]} == {id(p) for b in blocks for p in (b.scale_low, b.scale_high)} | {
+        id(p) for p in skips}
     assert (deconv["lr"], scales["lr"]) == (pytest.approx(10 * cfg.lr), pytest.approx(100 * cfg.lr))
     counted = len(rest["params"]) + len(deconv["params"]) + len(scales["params"])
     assert counted == len(list(model.parameters()))  # every parameter in exactly one group

@@ -60,7 +60,7 @@ class Detector(nn.Module):
             block = FusionBlock(f, channels[f.low], channels[f.high], config.fusion_channels,
                                 config.fusion_scale_low, config.fusion_scale_high, config.l2norm_eps,
                                 norm=config.fusion_norm, deconv_init=config.fusion_deconv_init,
-                                conv_init=config.fusion_conv_init)
+                                conv_init=config.fusion_conv_init, skip=config.fusion_skip)
             landed = block.output_size(sizes[f.high])
             if landed != sizes[f.low]:
                 raise ValueError(f"{config.name}: {f.name}'s deconvolutions {f.deconv_kernels} take "

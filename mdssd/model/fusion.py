@@ -20,6 +20,13 @@ Two options (``ModelConfig.fusion_norm`` / ``fusion_deconv_init``; the paper's b
   as ``ReLU(20 * shallow / ||shallow|| + 10 * up(deep) / ||up(deep)||)``: the normalised
   shallow map that the SSD twin with the same layer predicts from, plus the deep context, instead
   of two untrained convolutions between the backbone and the head.
+* ``fusion_skip="gated"``: the block's output is added, through a learned scalar gate that
+  starts at 0 (ReZero), to the shallow map L2-normalised as the SSD twin's source is
+  (:class:`L2Norm`, scale ``scale_low``): ``L2Norm(low) + gate * block(low, high)``. At step 0
+  the module *is* the twin's prediction layer (no untrained conv between backbone and head, the
+  backbone gets the twin's gradient), and the deep context enters only as far as the loss pulls
+  the gate open. Needs the module's ``out_channels`` equal to the shallow map's channels (true of
+  every preset: the paper's module widths are those of conv3_3, conv4_3 and conv7).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from .vgg import init_conv
 FUSION_NORMS = ("none", "batch")
 FUSION_DECONV_INITS = ("xavier", "upsample")
 FUSION_CONV_INITS = ("xavier", "identity")
+FUSION_SKIPS = ("none", "gated")
 
 
 def deconv_output_size(size: int, kernel: int) -> int:
@@ -93,7 +101,8 @@ def init_conv_identity(conv: nn.Conv2d) -> None:
 class FusionBlock(nn.Module):
     def __init__(self, config: FusionConfig, low_channels: int, high_channels: int, width: int,
                  scale_low: float, scale_high: float, eps: float, backend: "str | Backend" = "ext",
-                 norm: str = "none", deconv_init: str = "xavier", conv_init: str = "xavier"):
+                 norm: str = "none", deconv_init: str = "xavier", conv_init: str = "xavier",
+                 skip: str = "none"):
         super().__init__()
         if norm not in FUSION_NORMS:
             raise ValueError(f"Fusion Block norm must be one of {FUSION_NORMS}, got {norm!r}")
@@ -101,6 +110,11 @@ class FusionBlock(nn.Module):
             raise ValueError(f"Fusion Block deconv_init must be one of {FUSION_DECONV_INITS}, got {deconv_init!r}")
         if conv_init not in FUSION_CONV_INITS:
             raise ValueError(f"Fusion Block conv_init must be one of {FUSION_CONV_INITS}, got {conv_init!r}")
+        if skip not in FUSION_SKIPS:
+            raise ValueError(f"Fusion Block skip must be one of {FUSION_SKIPS}, got {skip!r}")
+        if skip == "gated" and config.out_channels != low_channels:
+            raise ValueError(f"{config.name}: a gated skip adds {config.low} ({low_channels} channels) to the "
+                             f"block's output, which has {config.out_channels}; they must be equal")
         self.config = config
         self.eps = eps
         self.backend = get_backend(backend)
@@ -132,6 +146,12 @@ class FusionBlock(nn.Module):
             for m in self.modules():
                 if type(m) is nn.Conv2d:
                     init_conv_identity(m)
+        # The paper's block has neither (its state-dict keys stay as they were).
+        if skip == "gated":
+            self.skip_norm = L2Norm(low_channels, scale_low, eps)
+            self.gate = nn.Parameter(torch.zeros(()))
+        else:
+            self.skip_norm = None
 
     def output_size(self, high_size: int) -> int:
         for kernel in self.config.deconv_kernels:
@@ -146,7 +166,10 @@ class FusionBlock(nn.Module):
                 f"{self.config.name}: upsampled {self.config.high} is {tuple(up.shape[-2:])} but "
                 f"{self.config.low} is {tuple(down.shape[-2:])}; the deconvolutions must land exactly")
         fused = self.backend.l2norm_sum(down, up, self.scale_low, self.scale_high, self.eps)
-        return self.merge(fused)
+        out = self.merge(fused)
+        if self.skip_norm is not None:
+            out = self.skip_norm(low) + self.gate * out
+        return out
 
 
 class L2Norm(nn.Module):
