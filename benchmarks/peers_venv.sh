@@ -13,7 +13,9 @@ if [ ! -x "$PEERS_VENV/bin/python" ]; then
   python -m venv "$PEERS_VENV"
 fi
 "$PEERS_VENV/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
-"$PEERS_VENV/bin/pip" install -q ultralytics==8.4.190 sahi==0.12.8 pycocotools pyyaml
+# scikit-image: the synthetic set, for the benchmarks that train in this venv (benchmarks.end_to_end
+# through benchmarks/cpu_results.sh).
+"$PEERS_VENV/bin/pip" install -q ultralytics==8.4.190 sahi==0.12.8 pycocotools pyyaml scikit-image
 mkdir -p "$PEERS_DATA/wheels"
 for spec in deepforest==2.1.0 stardist==0.9.2; do
   name=${spec%%==*}

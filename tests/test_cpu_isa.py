@@ -40,6 +40,21 @@ boxes[..., 2:] += boxes[..., :2] + 0.01
 boxes[1, 3] = boxes[1, 2]  # equal boxes: ties
 out["match"] = ops.match_encode(priors, boxes, torch.randint(1, 5, (3, 20), generator=g),
                                 torch.tensor([20, 7, 0]))
+for dtype in (torch.float32, torch.float64):
+    # box_iou rows: m of 1, 50 (three vectors and a tail) and 97; zero-area, inverted and equal
+    # boxes, a union of 0; batched too.
+    for n, m in ((7, 1), (31, 50), (5, 97)):
+        b1 = (torch.rand(2, n, 4, generator=g) * 0.6).to(dtype)
+        b1[..., 2:] += b1[..., :2]
+        b2 = (torch.rand(2, m, 4, generator=g) * 0.6).to(dtype)
+        b2[..., 2:] += b2[..., :2]
+        b2[0, 0] = b1[0, 0]
+        b2[:, -1, 2:] = b2[:, -1, :2]          # zero area
+        b1[1, 0, 2] = b1[1, 0, 0] - 0.1        # inverted
+        b1[1, 1, 2:] = b1[1, 1, :2]            # zero area
+        b2[1, -1] = b1[1, 1]                   # its pair: union 0, IoU 0
+        out[f"iou-{dtype}-{n}-{m}"] = ops.box_iou(b1, b2)
+        out[f"iou-2d-{dtype}-{n}-{m}"] = ops.box_iou(b1[0], b2[0])
 torch.save(out, sys.argv[1])
 '''
 
