@@ -98,26 +98,13 @@ int64_t l3_share_bytes() {
 
 // Pixels per NCHW block of a [batch, channels, pixels] map: the image cut into k equal blocks
 // (rounded up to kBlock), k the smallest count whose blocks fit the L3 share, raised towards
-// kParallelBlocks blocks per call while rows stay >= kMinRowBytes.
-// The backward of 2-byte types keeps the earlier L2 plan (rows of 256-1024 bytes, the block in
-// half of L2): with long rows it measured 0.5-0.9x of torch.compile on the EPYC, but that build
-// also lacked the __restrict parameters of backward_block_nchw (found afterwards, the larger
-// cause); long rows for 2-byte types are not re-measured since.
-int64_t l2_cache_bytes() {
-  static const int64_t bytes = [] {
-    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    return v > 0 ? static_cast<int64_t>(v) : int64_t(512) << 10;
-  }();
-  return bytes;
-}
-
+// kParallelBlocks blocks per call while rows stay >= kMinRowBytes. Every dtype and both
+// directions use this plan. (The backward of 2-byte types kept the earlier L2 plan until
+// 2026-12-08: re-measured with the __restrict parameters on the Xeon, one process switching the
+// plan per call, bfloat16 backward, long rows were 1.0-1.5x faster at [1|8|32,256,38|75,...].)
 template <typename T>
 int64_t nchw_block(int64_t batch, int64_t channels, int64_t pixels, int64_t reread_inputs) {
   const int64_t elem = static_cast<int64_t>(sizeof(T));
-  if (elem == 2 && reread_inputs == 3) {
-    const int64_t fit = l2_cache_bytes() / 2 / (3 * std::max<int64_t>(1, channels) * elem);
-    return std::clamp(fit, kBlock<T>, 4 * kBlock<T>) / kBlock<T> * kBlock<T>;
-  }
   const int64_t fit = l3_share_bytes() / (reread_inputs * std::max<int64_t>(1, channels) * elem);
   const int64_t max_px = std::max(kBlock<T>, fit / kBlock<T> * kBlock<T>);
   const int64_t min_px = std::min(max_px, std::max(kBlock<T>, kMinRowBytes / elem));

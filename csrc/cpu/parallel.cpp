@@ -1,6 +1,10 @@
 // mdssd::parallel_for: see parallel.h for the rule. A small pool of helper threads that sleep on
-// a condition variable (no spinning); a loop is a Job whose chunks are claimed from an atomic
-// counter by the caller and by whichever helpers get to run.
+// a condition variable; a loop is a Job whose chunks are claimed from an atomic counter by the
+// caller and by whichever helpers get to run. After a loop, a helper watches for the next one for
+// a short while (kHelperSpinNs) before it sleeps: waking a sleeping thread costs tens to hundreds
+// of microseconds (a futex wake, and in a VM an interrupt to an idle virtual CPU), as much as a
+// whole chunk of the small loops, which then gained nothing from a second thread. The caller
+// never spins (parallel.h).
 #include "cpu/parallel.h"
 
 #include <ATen/Parallel.h>
@@ -10,6 +14,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <condition_variable>
 #include <exception>
 #include <memory>
@@ -17,8 +22,31 @@
 #include <thread>
 #include <vector>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace mdssd {
 namespace {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// How long a helper watches for the next loop before sleeping: about the gap between two of a
+// model's consecutive small kernels; MDSSD_HELPER_SPIN_US overrides it (0: sleep at once).
+int64_t helper_spin_ns() {
+  static const int64_t ns = [] {
+    const char* v = std::getenv("MDSSD_HELPER_SPIN_US");
+    const long us = v && *v ? std::strtol(v, nullptr, 10) : 100;
+    return std::clamp<int64_t>(us, 0, 100'000) * 1000;
+  }();
+  return ns;
+}
 
 thread_local bool t_in_loop = false;  // set while this thread runs chunks of a loop
 
@@ -135,6 +163,7 @@ class Pool {
       job_ = job;
       engaged_ = helpers;
       ++generation_;
+      published_.store(generation_, std::memory_order_release);
     }
     wake_.notify_all();
     const int64_t start = now_ns();
@@ -157,6 +186,12 @@ class Pool {
   void helper_main(int index) {
     uint64_t seen = 0;
     for (;;) {
+      // Watch for the next loop for a while, then sleep until it comes.
+      const int64_t spin_ns = helper_spin_ns();
+      if (spin_ns > 0) {
+        const int64_t until = now_ns() + spin_ns;
+        while (published_.load(std::memory_order_acquire) == seen && now_ns() < until) cpu_relax();
+      }
       std::shared_ptr<Job> job;
       {
         std::unique_lock<std::mutex> lock(mutex_);
@@ -175,6 +210,7 @@ class Pool {
   std::shared_ptr<Job> job_;
   int engaged_ = 0;
   uint64_t generation_ = 0;
+  std::atomic<uint64_t> published_{0};  // generation_, read without the mutex by spinning helpers
 };
 
 // Leaked on purpose: helpers block in it until the process exits. A forked child (DataLoader
