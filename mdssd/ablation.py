@@ -289,7 +289,8 @@ def finished_result(cfg: config_mod.TrainConfig) -> dict[str, Any] | None:
 
 
 def _metric_values(runs: list[dict], key: str) -> list[float]:
-    """One metric of the runs; ``size:<bin>:<AP|AP50|AR>`` reads a size bin."""
+    """One metric of the runs; ``size:<bin>:<AP|AP50|AR>`` reads a size bin. pycocotools' -1 (no
+    ground truth in that area range, e.g. AP_medium of a set of small objects) counts as missing."""
     values = []
     for run in runs:
         if key.startswith("size:"):
@@ -297,7 +298,7 @@ def _metric_values(runs: list[dict], key: str) -> list[float]:
             value = run["size_bins"].get(name, {}).get(field)
         else:
             value = run.get(key)
-        values.append(float("nan") if value is None else float(value))
+        values.append(float("nan") if value is None or float(value) < 0 else float(value))
     return values
 
 
@@ -342,6 +343,11 @@ def _pct(stat: dict, digits: int = 1) -> str:
         return "-"
     text = f"{round(100 * stat['mean'], digits) + 0.0:.{digits}f}"  # + 0.0: no "-0.0"
     return text + (f" ± {100 * stat['std']:.{digits}f}" if stat["std"] is not None else "")
+
+
+def _run_pct(value) -> str:
+    """One run's metric in percent; "-" for none and for pycocotools' -1 (no ground truth there)."""
+    return _pct({"mean": None if value is None or value < 0 else value, "std": None})
 
 
 def _plain(stat: dict, fmt: str) -> str:
@@ -392,11 +398,12 @@ def markdown_report(summary: dict, runs: list[dict], settings: dict) -> str:
     lines += ["", "Per run:", "", "| variant | seed | AP | AP50 | AP_small | VOC07 mAP | "
               + " | ".join(f"AP {n}" for n in SIZE_BINS) + " | train s (wall) | threads | load after |",
               "|" + "---|" * (9 + len(SIZE_BINS))]
+    one = _run_pct
     for r in sorted(runs, key=lambda r: (variants.index(r["variant"]), r["seed"])):
-        bins = " | ".join(_pct({"mean": r["size_bins"][n]["AP"], "std": None}) for n in SIZE_BINS)
-        lines.append(f"| `{r['variant']}` | {r['seed']} | {_pct({'mean': r['ap'], 'std': None})} | "
-                     f"{_pct({'mean': r['ap50'], 'std': None})} | {_pct({'mean': r['ap_small'], 'std': None})} | "
-                     f"{_pct({'mean': r['voc07_map'], 'std': None})} | {bins} | {r['train_wall_s']:.0f} | "
+        bins = " | ".join(one(r["size_bins"][n]["AP"]) for n in SIZE_BINS)
+        lines.append(f"| `{r['variant']}` | {r['seed']} | {one(r['ap'])} | "
+                     f"{one(r['ap50'])} | {one(r['ap_small'])} | "
+                     f"{one(r['voc07_map'])} | {bins} | {r['train_wall_s']:.0f} | "
                      f"{r['threads']} | {r.get('loadavg_after') or '-'} |")
     return "\n".join(lines) + "\n"
 
