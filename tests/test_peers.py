@@ -110,7 +110,8 @@ def test_report_means_over_seeds_and_prints_every_contestant():
                                            "max_detections": 200, "command": ["x"]})
     assert "| `mdssd_tiny` | reference | 128 | 8,000 | 100 | 80.0 | 50.0 ± 0.0 | 70.0 ± 0.0 | 65.0 ± 7.1" in text
     assert "| `yolov8n` | images |" in text and json.dumps(["x"]) in text
-    assert "| 5.0 | - | 2.0 ± 0.7 |" in text and "load (train)" in text      # the load each side trained under
+    assert "| 5.0 | - | 2.0 ± 0.7 | 0,1 |" in text and "load (train)" in text   # the load each side trained under
+    assert "| 1.5 | 0 |" in text                                  # each row names the seeds it is over
 
 
 def test_the_peers_python_is_peers_python_else_this_checkouts_venv(monkeypatch):

@@ -59,7 +59,7 @@ def _num(stat: dict, fmt: str) -> str:
 def markdown(kind: str, summary: list[dict], settings: dict) -> str:
     bins = list(SIZE_BINS)
     head = ["contestant", "budget", "input", "images seen", "train s", "train img/s"] + [t for _, t in METRICS] + [
-        f"AP {b}" for b in bins] + ["infer ms/img", "sliced MP/s", "load (train)"]
+        f"AP {b}" for b in bins] + ["infer ms/img", "sliced MP/s", "load (train)", "seeds"]
     lines = [f"# mdssd vs YOLO: {kind}", "",
              f"{settings['machine']}, {settings['threads']} threads, load before/after "
              f"{settings.get('load_before', '?')} / {settings.get('load_after', '?')}; seeds "
@@ -67,14 +67,15 @@ def markdown(kind: str, summary: list[dict], settings: dict) -> str:
              f"ground truth for every contestant, predictions at score >= {settings['score_floor']} and "
              f"at most {settings['max_detections']} per image. \"load (train)\": the 1-minute load average "
              "sampled every 10 s during the training loop (it stretches \"train s\" and, through YOLO's "
-             "images/s, the equal-time budget).", "",
+             "images/s, the equal-time budget). \"seeds\": the seeds a row's mean and std are over.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in summary:
         s = row["stats"]
         cells = [f"`{row['contestant']}`", row["budget"], _num(s["input"], ".0f"), _num(s["images_seen"], ",.0f"),
                  _num(s["train_s"], ".0f"), _num(s["train_images_per_s"], ".1f")]
         cells += [_pct(s[k]) for k, _ in METRICS] + [_pct(s[f"size:{b}:AP"]) for b in bins]
-        cells += [_num(s["infer_ms_per_image"], ".1f"), _num(s["sliced_mp_per_s"], ".2f"), _num(s["train_load"], ".1f")]
+        cells += [_num(s["infer_ms_per_image"], ".1f"), _num(s["sliced_mp_per_s"], ".2f"), _num(s["train_load"], ".1f"),
+                  ",".join(str(k) for k in row["seeds"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Settings: `" + json.dumps(settings["command"]) + "`", ""]
     return "\n".join(lines)
