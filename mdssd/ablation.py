@@ -398,12 +398,11 @@ def markdown_report(summary: dict, runs: list[dict], settings: dict) -> str:
     lines += ["", "Per run:", "", "| variant | seed | AP | AP50 | AP_small | VOC07 mAP | "
               + " | ".join(f"AP {n}" for n in SIZE_BINS) + " | train s (wall) | threads | load after |",
               "|" + "---|" * (9 + len(SIZE_BINS))]
-    one = _run_pct
     for r in sorted(runs, key=lambda r: (variants.index(r["variant"]), r["seed"])):
-        bins = " | ".join(one(r["size_bins"][n]["AP"]) for n in SIZE_BINS)
-        lines.append(f"| `{r['variant']}` | {r['seed']} | {one(r['ap'])} | "
-                     f"{one(r['ap50'])} | {one(r['ap_small'])} | "
-                     f"{one(r['voc07_map'])} | {bins} | {r['train_wall_s']:.0f} | "
+        bins = " | ".join(_run_pct(r["size_bins"][n]["AP"]) for n in SIZE_BINS)
+        lines.append(f"| `{r['variant']}` | {r['seed']} | {_run_pct(r['ap'])} | "
+                     f"{_run_pct(r['ap50'])} | {_run_pct(r['ap_small'])} | "
+                     f"{_run_pct(r['voc07_map'])} | {bins} | {r['train_wall_s']:.0f} | "
                      f"{r['threads']} | {r.get('loadavg_after') or '-'} |")
     return "\n".join(lines) + "\n"
 

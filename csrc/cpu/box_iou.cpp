@@ -82,10 +82,12 @@ at::Tensor box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2) {
     }
     const BoxesSoA<scalar_t> boxes2{soa.data(), soa.data() + count, soa.data() + 2 * count,
                                     soa.data() + 3 * count, soa.data() + 4 * count};
-    // Rows go parallel from two chunks (parallel.h): ns per pair measured by
-    // python -m benchmarks.grains (AVX-512, vectorised rows).
-    constexpr double kNsPerPair = 0.5;
-    const int64_t grain = grain_for(kNsPerPair * static_cast<double>(std::max<int64_t>(m, 1)));
+    // Rows go parallel from two chunks (parallel.h). ns per pair of the vectorised rows, one
+    // thread, 31,232 x 50 on the Xeon (python -m benchmarks.grains for AVX-512; MDSSD_CPU_ISA
+    // capped runs, under load, for the other two).
+    const Isa isa = cpu_isa();
+    const double ns_per_pair = isa == Isa::kAvx512 ? 0.5 : isa == Isa::kAvx2 ? 2.1 : 4.2;
+    const int64_t grain = grain_for(ns_per_pair * static_cast<double>(std::max<int64_t>(m, 1)));
     parallel_for(0, batch * n, grain, [&](int64_t begin, int64_t end) {
       iou_rows(pa, n, m, boxes2, begin, end, po);
     });

@@ -1,7 +1,7 @@
 // mdssd::parallel_for: see parallel.h for the rule. A small pool of helper threads that sleep on
 // a condition variable; a loop is a Job whose chunks are claimed from an atomic counter by the
 // caller and by whichever helpers get to run. After a loop, a helper watches for the next one for
-// a short while (kHelperSpinNs) before it sleeps: waking a sleeping thread costs tens to hundreds
+// a short while (helper_spin_ns(), 100 us) before it sleeps: waking a sleeping thread costs tens to hundreds
 // of microseconds (a futex wake, and in a VM an interrupt to an idle virtual CPU), as much as a
 // whole chunk of the small loops, which then gained nothing from a second thread. The caller
 // never spins (parallel.h).
